@@ -1,0 +1,77 @@
+"""The service's error hierarchy.
+
+Each error is mapped exactly once at an edge: callback errors to an HTTP status in
+``app.py``, frame errors to a frame status (``rejected`` / ``failed``) in ``worker.py``.
+The message is the reason a person reads, so it must be short, specific and free of
+secrets.
+"""
+
+from __future__ import annotations
+
+
+class CoverServiceError(Exception):
+    """Base of every error the service raises on purpose."""
+
+
+# --- callbacks -------------------------------------------------------------------------
+
+
+class CallbackError(CoverServiceError):
+    """A callback we refuse; ``status`` is the HTTP status it maps to."""
+
+    status = 400
+    code = "invalid_callback"
+
+
+class InvalidPayload(CallbackError):
+    """Malformed JSON, or missing / mistyped fields (400)."""
+
+    status = 400
+    code = "invalid_payload"
+
+    def __init__(self, message: str, problems: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class PayloadTooLarge(CallbackError):
+    status = 413
+    code = "payload_too_large"
+
+
+class SignatureRejected(CallbackError):
+    """Wrong ``sign``, expired or absurd ``t`` (403)."""
+
+    status = 403
+    code = "signature_rejected"
+
+
+# --- frames ----------------------------------------------------------------------------
+
+
+class FrameError(CoverServiceError):
+    """Processing a frame went wrong; ``str(error)`` is stored as the frame's reason."""
+
+
+class FetchError(FrameError):
+    """The screenshot could not be downloaded.
+
+    ``transient`` errors (timeouts, connection resets, 5xx) are retried with backoff;
+    the others (host not allowed, private address, 404, too large) fail the frame at once.
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class ImageRejected(FrameError):
+    """The bytes are not an image we accept, or the image is unusable as a cover
+    (format not allowed, too many pixels, truncated, black, flat). Never retried."""
+
+
+# --- storage ---------------------------------------------------------------------------
+
+
+class StorageError(CoverServiceError):
+    """The object store failed after its own retries."""

@@ -1,0 +1,142 @@
+"""Settings: one frozen object, read from ``COVERSERVICE_*`` environment variables and
+validated at start-up. Nothing else in the package reads the environment (boto3 reads
+the standard ``AWS_*`` variables itself, which is what makes COS and MinIO work)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import CoverServiceError
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+# Tencent COS serves objects from <bucket>.cos.<region>.myqcloud.com and, for newer
+# buckets, <bucket>.cos.<region>.tencentcos.cn.
+DEFAULT_ALLOWED_HOSTS = ("*.myqcloud.com", "*.tencentcos.cn")
+
+
+class ConfigurationError(CoverServiceError):
+    """A setting has a bad value; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COVERSERVICE_", frozen=True, extra="ignore")
+
+    # --- contract variables ------------------------------------------------------------
+    database_url: str = Field(
+        default_factory=lambda: f"sqlite:///{Path.cwd() / 'coverservice.sqlite3'}"
+    )
+    storage_url: str = Field(default_factory=lambda: (Path.cwd() / "coverservice-data").as_uri())
+    callback_keys: CommaList = ()
+    fetch_allowed_hosts: CommaList = DEFAULT_ALLOWED_HOSTS
+    fetch_allow_private: bool = False
+    admin_tokens: CommaList = ()
+
+    # --- callbacks -----------------------------------------------------------------------
+    # CSS signs with t = expiry time, 10 minutes ahead by default; a t further ahead than
+    # this is not a real CSS signature.
+    callback_max_validity: float = Field(default=86_400.0, gt=0)
+    callback_max_body_bytes: int = Field(default=64 * 1024, gt=0)
+
+    # --- downloads and decoding -------------------------------------------------------
+    fetch_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    fetch_timeout: float = Field(default=10.0, gt=0)
+    fetch_connect_timeout: float = Field(default=3.0, gt=0)
+    fetch_max_connections: int = Field(default=16, gt=0)
+    max_image_pixels: int = Field(default=16_777_216, gt=0)  # 4096², far below Pillow's 89M
+
+    # --- worker --------------------------------------------------------------------------
+    worker_lease: float = Field(default=60.0, gt=0)
+    worker_batch_size: int = Field(default=8, gt=0, le=1000)
+    worker_poll_interval: float = Field(default=0.5, gt=0)
+    worker_max_attempts: int = Field(default=5, gt=0)
+    worker_retry_base: float = Field(default=2.0, ge=0)
+    worker_retry_max: float = Field(default=300.0, ge=0)
+
+    # --- selection ----------------------------------------------------------------------
+    selection_window: float = Field(default=600.0, gt=0)
+    # A challenger must beat the current cover's score by this fraction to replace it.
+    selection_hysteresis: float = Field(default=0.10, ge=0)
+
+    # --- serving -------------------------------------------------------------------------
+    cover_max_age: int = Field(default=30, ge=0)
+    missing_max_age: int = Field(default=5, ge=0)
+    immutable_max_age: int = Field(default=31_536_000, ge=0)
+    cover_cache_ttl: float = Field(default=1.0, ge=0)
+    cover_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    placeholder_path: Path | None = None
+    public_base_url: str = ""
+
+    @field_validator("callback_keys", "fetch_allowed_hosts", "admin_tokens", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("fetch_allowed_hosts")
+    @classmethod
+    def _check_host_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # host, *.domain, optionally with :port or :* (downloads go to ports 80/443 only,
+        # unless a pattern names another port: the local stand-ins used by tests and demos)
+        shape = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:(\d{1,5}|\*))?$")
+        for pattern in value:
+            if not shape.match(pattern.lower()):
+                raise ValueError(
+                    f"{pattern!r} is not a host pattern; use 'host.example.com', "
+                    "'*.example.com' or 'host:port'"
+                )
+        return tuple(p.lower() for p in value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        # Operators write postgresql://user@host/db; SQLAlchemy would pick psycopg2 for
+        # that, which we do not ship, so name the driver we do ship.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        if not (value.startswith("postgresql+psycopg://") or value.startswith("sqlite://")):
+            raise ValueError("use a postgresql://... or sqlite:///... URL")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        if value.startswith("file:///") or value.startswith("s3://"):
+            if value.startswith("s3://") and not value[len("s3://") :].split("/")[0]:
+                raise ValueError("s3:// URL needs a bucket: s3://bucket/prefix")
+            return value
+        raise ValueError("use file:///absolute/dir or s3://bucket/prefix")
+
+    @model_validator(mode="after")
+    def _check_retry_bounds(self) -> Settings:
+        if self.worker_retry_max < self.worker_retry_base:
+            raise ValueError("worker_retry_max must be at least worker_retry_base")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment (plus explicit overrides), turning pydantic's
+    report into one message that names each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            name = f"COVERSERVICE_{field.upper()}" if err["loc"] else field
+            value = os.environ.get(name)
+            shown = f" (got {value!r})" if value is not None and "TOKEN" not in name and "KEY" not in name else ""
+            lines.append(f"{name}: {err['msg']}{shown}")
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(lines)) from None
