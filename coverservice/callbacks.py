@@ -1,0 +1,178 @@
+"""CSS callback payloads: signature check, parsing and validation into typed events.
+
+Pure: bytes, keys and the current time in; an event or a ``CallbackError`` out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlencode
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from .errors import InvalidPayload, SignatureRejected
+
+SCREENSHOT = 200
+MODERATION = 317
+PUSH_STARTED = 1
+PUSH_INTERRUPTED = 0
+
+# CSS stream names are letters, digits, '_', '-' (and '.' in practice); they appear in
+# our URL paths and storage keys, so nothing else is accepted.
+STREAM_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,200}$"
+# Query parameters of the push URL that authenticate the publisher.
+SECRET_PARAMS = frozenset({"txsecret", "secret", "sign", "token"})
+
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+StreamName = Annotated[StrictStr, Field(pattern=STREAM_ID_PATTERN)]
+Count = Annotated[StrictInt, Field(ge=0)]
+
+
+class _ScreenshotPayload(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    event_type: Literal[200]
+    stream_id: StreamName
+    channel_id: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    create_time: Annotated[StrictInt, Field(gt=0, lt=2**40)]
+    file_size: Count
+    width: Annotated[StrictInt, Field(gt=0, le=65535)]
+    height: Annotated[StrictInt, Field(gt=0, le=65535)]
+    pic_url: Annotated[StrictStr, Field(min_length=1, max_length=1024)]
+    pic_full_url: Annotated[StrictStr, Field(min_length=1, max_length=2048)]
+    app: StrictStr | None = None
+
+
+@dataclass(frozen=True)
+class ScreenshotEvent:
+    stream_id: str
+    channel_id: str
+    create_time: int
+    file_size: int
+    width: int
+    height: int
+    pic_url: str
+    pic_full_url: str
+    app: str | None
+    payload: dict[str, Any]  # as received, secrets redacted
+
+
+@dataclass(frozen=True)
+class IgnoredEvent:
+    event_type: int
+
+
+CallbackEvent = ScreenshotEvent | IgnoredEvent
+
+
+def parse_callback(
+    body: bytes, *, keys: tuple[str, ...], now: float, max_validity: float
+) -> CallbackEvent:
+    """Validate one callback body. Order matters: a body we cannot read is a 400; then
+    the signature (403) before any field is trusted; then the event's own fields (400)."""
+    payload = _load_json(body)
+    event_type = payload.get("event_type")
+    if type(event_type) is not int:
+        raise InvalidPayload(
+            "event_type must be an integer",
+            [{"field": "event_type", "problem": "missing" if event_type is None else "not an integer"}],
+        )
+    if keys:
+        verify_signature(payload, keys=keys, now=now, max_validity=max_validity)
+    if event_type == SCREENSHOT:
+        return _screenshot(payload)
+    return IgnoredEvent(event_type)
+
+
+def sign(key: str, t: int) -> str:
+    """The CSS signature: md5(key + t) as lowercase hex."""
+    return hashlib.md5(f"{key}{t}".encode(), usedforsecurity=False).hexdigest()
+
+
+def verify_signature(
+    payload: dict[str, Any], *, keys: tuple[str, ...], now: float, max_validity: float
+) -> None:
+    raw_t = payload.get("t")
+    # t is the signature's expiry as decimal Unix seconds. Only digits are accepted:
+    # int("1e3"), int(" 12"), int("+12") and floats would otherwise all pass as numbers.
+    if type(raw_t) is int and raw_t >= 0:
+        t = raw_t
+    elif isinstance(raw_t, str) and _DIGITS.fullmatch(raw_t):
+        t = int(raw_t)
+    else:
+        raise SignatureRejected("t must be decimal Unix seconds")
+    given = payload.get("sign")
+    if not isinstance(given, str) or not given:
+        raise SignatureRejected("sign is missing")
+    given_bytes = given.encode("utf-8", "replace")
+    # Every key is compared, match or not, so timing says nothing about which one matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(sign(key, t).encode(), given_bytes)
+    if not matched:
+        raise SignatureRejected("sign does not match any configured callback key")
+    if t < now:
+        raise SignatureRejected("signature expired (t is in the past)")
+    if t > now + max_validity:
+        raise SignatureRejected("t is too far in the future")
+
+
+def redact(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload without publisher secrets: ``stream_param`` (the push URL's query)
+    may hold ``txSecret``, which must never reach a log or a database."""
+    clean = dict(payload)
+    param = clean.get("stream_param")
+    if isinstance(param, str) and param:
+        pairs = parse_qsl(param, keep_blank_values=True)
+        clean["stream_param"] = urlencode(
+            [(k, "REDACTED" if k.lower() in SECRET_PARAMS else v) for k, v in pairs]
+        )
+    clean.pop("sign", None)
+    return clean
+
+
+def _load_json(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError:
+        raise InvalidPayload("body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidPayload(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidPayload("body is nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise InvalidPayload("body must be a JSON object")
+    return payload
+
+
+def _screenshot(payload: dict[str, Any]) -> ScreenshotEvent:
+    try:
+        data = _ScreenshotPayload.model_validate(payload)
+    except ValidationError as exc:
+        problems = [
+            {
+                "field": ".".join(str(p) for p in err["loc"]) or "body",
+                "problem": "missing" if err["type"] == "missing" else err["msg"],
+            }
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        fields = ", ".join(p["field"] for p in problems)
+        raise InvalidPayload(f"invalid screenshot callback: {fields}", problems) from None
+    return ScreenshotEvent(
+        stream_id=data.stream_id,
+        channel_id=data.channel_id,
+        create_time=data.create_time,
+        file_size=data.file_size,
+        width=data.width,
+        height=data.height,
+        pic_url=data.pic_url,
+        pic_full_url=data.pic_full_url,
+        app=data.app,
+        payload=redact(payload),
+    )

@@ -1,0 +1,286 @@
+"""The worker: claim due frames, download, score, reselect the stream's cover, render and
+store it, and commit the frame's outcome and the new cover together.
+
+Workers coordinate only through the database (leases, SKIP LOCKED, a compare-and-set on
+the stream's cover), so any number of them may run against one Postgres. A worker that
+dies mid-frame leaves nothing half-done: its lease runs out and another worker starts the
+frame again; objects it already put in storage are content-addressed, so a rerun writes
+the same keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import imaging, queries, scoring
+from .db import transaction, utcnow
+from .errors import FetchError, ImageRejected
+from .models import CoverSource, FrameStatus
+from .queries import ClaimedFrame, StoredRendition
+from .selection import Candidate, choose_cover
+from .settings import Settings
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[str], bytes]
+
+# A cover decision lost to a concurrent worker is retried with fresh state this often.
+_SELECTION_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class _Scored:
+    data: bytes
+    scores: scoring.Scores
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session_factory: sessionmaker[Session],
+        storage: Storage,
+        fetch: Fetch,
+        clock: Callable[[], datetime] = utcnow,
+        jitter: Callable[[], float] = random.random,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self._sessions = session_factory
+        self._storage = storage
+        self._fetch = fetch
+        self._clock = clock
+        self._jitter = jitter
+        self.name = name or f"worker-{uuid.uuid4().hex[:12]}"
+        self._lease = timedelta(seconds=settings.worker_lease)
+        self._window = timedelta(seconds=settings.selection_window)
+
+    # --- loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set: a batch at a time, resting between polls when the
+        queue is empty, and riding out database outages (the pool reconnects)."""
+        log.info("worker %s started", self.name)
+        while not stop.is_set():
+            try:
+                done = self.run_once()
+            except SQLAlchemyError as exc:
+                log.warning("worker %s: database unavailable (%s); retrying", self.name, type(exc).__name__)
+                done = 0
+            if done == 0:
+                stop.wait(self.settings.worker_poll_interval)
+        log.info("worker %s stopped", self.name)
+
+    def run_once(self) -> int:
+        """Claim one batch of due frames and process it; returns how many were claimed."""
+        now = self._clock()
+        with transaction(self._sessions) as session:
+            queries.park_dead_frames(session, now=now, max_attempts=self.settings.worker_max_attempts)
+        with transaction(self._sessions) as session:
+            batch = queries.claim_frames(
+                session,
+                owner=f"{self.name}/{uuid.uuid4().hex[:8]}",
+                now=now,
+                lease=self._lease,
+                limit=self.settings.worker_batch_size,
+            )
+        for frame in batch:
+            # The lease was taken for the whole batch; renew it per frame so slow
+            # downloads early in a batch cannot expire the frames queued behind them.
+            with transaction(self._sessions) as session:
+                owned = queries.extend_lease(session, frame, until=self._clock() + self._lease)
+            if owned:
+                self.process(frame)
+        return len(batch)
+
+    def drain(self, max_batches: int = 10_000) -> int:
+        """Process until nothing is due (tests, the demo). Returns frames processed."""
+        total = 0
+        for _ in range(max_batches):
+            done = self.run_once()
+            if done == 0:
+                break
+            total += done
+        return total
+
+    # --- one frame ---------------------------------------------------------------------
+
+    def process(self, frame: ClaimedFrame) -> None:
+        try:
+            scored = self._download_and_score(frame)
+            if scored is not None:
+                self._select(frame, scored)
+        except Exception as exc:  # a bug or an unforeseen failure: retried, then failed
+            log.exception("worker %s: frame %d failed unexpectedly", self.name, frame.id)
+            self._retry_or_fail(frame, f"internal error: {type(exc).__name__}")
+
+    def _download_and_score(self, frame: ClaimedFrame) -> _Scored | None:
+        try:
+            data = self._fetch(frame.pic_full_url)
+        except FetchError as exc:
+            if exc.transient:
+                self._retry_or_fail(frame, f"download failed: {exc}")
+            else:
+                self._finish(frame, FrameStatus.FAILED, f"download refused: {exc}")
+            return None
+        try:
+            luma = imaging.decode_luma(data, max_pixels=self.settings.max_image_pixels)
+        except ImageRejected as exc:
+            self._finish(frame, FrameStatus.REJECTED, str(exc))
+            return None
+        scores = scoring.score_luma(luma)
+        if scores.rejected:
+            self._finish(frame, FrameStatus.REJECTED, scores.reason, scores=scores)
+            return None
+        return _Scored(data, scores)
+
+    def _select(self, frame: ClaimedFrame, scored: _Scored) -> None:
+        for _ in range(_SELECTION_ROUNDS):
+            now = self._clock()
+            with transaction(self._sessions) as session:
+                candidates, current, current_cover_id = queries.selection_inputs(
+                    session, frame.stream_id, since=now - self._window
+                )
+            # This frame is still 'processing', so it is not among the stored candidates.
+            candidates.append(Candidate(frame.id, scored.scores.score, frame.captured_at))
+            decision = choose_cover(
+                candidates,
+                current,
+                now=now,
+                window=self._window,
+                hysteresis=self.settings.selection_hysteresis,
+            )
+            if decision.frame_id is None:
+                self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
+                return
+            winner = self._winner_source(frame, scored, decision.frame_id)
+            if winner is None:
+                self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
+                return
+            data, score, captured_at = winner
+            renditions = self._render_and_store(data)
+            with self._sessions() as session, session.begin():
+                if not self._finish_in(session, frame, FrameStatus.SCORED, scored.scores.reason, scored.scores):
+                    session.rollback()
+                    return
+                cover_id = queries.install_cover(
+                    session,
+                    frame.stream_id,
+                    expected_cover_id=current_cover_id,
+                    frame_id=decision.frame_id,
+                    source=CoverSource.AUTO,
+                    score=score,
+                    captured_at=captured_at,
+                    renditions=renditions,
+                    now=self._clock(),
+                )
+                if cover_id is None:
+                    session.rollback()
+                    continue
+            log.info(
+                "stream %s: cover %d from frame %d (%s)",
+                frame.stream_id, cover_id, decision.frame_id, decision.reason,
+            )
+            return
+        # Other workers kept changing this stream's cover; theirs will see this frame.
+        self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
+
+    def _winner_source(
+        self, frame: ClaimedFrame, scored: _Scored, winner_id: int
+    ) -> tuple[bytes, float, datetime] | None:
+        if winner_id == frame.id:
+            return scored.data, scored.scores.score, frame.captured_at
+        # An earlier frame wins (the current cover went stale): fetch it again from COS.
+        with transaction(self._sessions) as session:
+            url, score, captured_at = queries.frame_url(session, winner_id)
+        try:
+            return self._fetch(url), float(score or 0.0), captured_at
+        except FetchError as exc:
+            log.warning("stream %s: winner frame %d could not be fetched again: %s", frame.stream_id, winner_id, exc)
+            return None
+
+    def _render_and_store(self, data: bytes) -> list[StoredRendition]:
+        stored = []
+        for r in imaging.render_renditions(data, max_pixels=self.settings.max_image_pixels):
+            digest = hashlib.sha256(r.data).hexdigest()
+            key = f"renditions/{digest[:2]}/{digest}.{r.format}"
+            self._storage.put(key, r.data, content_type=r.content_type)
+            stored.append(
+                StoredRendition(
+                    size=r.size,
+                    format=r.format,
+                    key=key,
+                    etag=digest[:32],
+                    content_type=r.content_type,
+                    width=r.width,
+                    height=r.height,
+                    byte_size=len(r.data),
+                )
+            )
+        return stored
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        frame: ClaimedFrame,
+        status: FrameStatus,
+        reason: str,
+        *,
+        scores: scoring.Scores | None = None,
+    ) -> None:
+        with transaction(self._sessions) as session:
+            self._finish_in(session, frame, status, reason, scores)
+        if status is not FrameStatus.SCORED:
+            log.info("frame %d of %s %s: %s", frame.id, frame.stream_id, status.value, reason)
+
+    def _finish_in(
+        self,
+        session: Session,
+        frame: ClaimedFrame,
+        status: FrameStatus,
+        reason: str,
+        scores: scoring.Scores | None,
+    ) -> bool:
+        done = queries.finish_frame(
+            session,
+            frame,
+            status=status,
+            reason=reason,
+            now=self._clock(),
+            score=scores.score if scores else None,
+            metrics=scores.metrics() if scores else None,
+        )
+        if not done:
+            log.warning("worker %s lost the lease on frame %d; dropping its result", self.name, frame.id)
+        return done
+
+    def _retry_or_fail(self, frame: ClaimedFrame, reason: str) -> None:
+        if frame.attempts >= self.settings.worker_max_attempts:
+            self._finish(frame, FrameStatus.FAILED, f"{reason} (gave up after {frame.attempts} attempts)")
+            return
+        delay = self.backoff(frame.attempts)
+        with transaction(self._sessions) as session:
+            queries.retry_frame_later(
+                session, frame, reason=reason, available_at=self._clock() + timedelta(seconds=delay)
+            )
+        log.info("frame %d of %s: %s; retry in %.1fs", frame.id, frame.stream_id, reason, delay)
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential backoff with equal jitter: retries of frames that failed together
+        (a COS hiccup) spread out instead of arriving together again."""
+        base = min(self.settings.worker_retry_max, self.settings.worker_retry_base * 2 ** (attempts - 1))
+        return base / 2 + self._jitter() * base / 2
+
