@@ -91,6 +91,7 @@ class Frame(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
+    processed_by: Mapped[str | None] = mapped_column(String(64))  # worker name, for operators
 
     score: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -216,6 +216,7 @@ def finish_frame(
             score=score,
             metrics=metrics,
             processed_at=now,
+            processed_by=frame.owner.partition("/")[0],
             lease_owner=None,
             lease_expires_at=None,
         )

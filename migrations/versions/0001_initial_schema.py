@@ -47,6 +47,7 @@ def upgrade() -> None:
     sa.Column('lease_owner', sa.String(length=64), nullable=True),
     sa.Column('lease_expires_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('processed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('processed_by', sa.String(length=64), nullable=True),
     sa.Column('score', sa.Float(), nullable=True),
     sa.Column('metrics', sa.JSON(), nullable=True),
     sa.CheckConstraint("status IN ('pending', 'processing', 'scored', 'rejected', 'failed')", name=op.f('ck_frames_status')),

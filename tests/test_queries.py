@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from coverservice import queries
+from coverservice.callbacks import ScreenshotEvent
+from coverservice.db import transaction
+from coverservice.models import Cover, CoverSource, Frame, FrameStatus, Stream
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=60)
+
+
+def event(stream: str = "room", n: int = 1) -> ScreenshotEvent:
+    return ScreenshotEvent(
+        stream_id=stream,
+        channel_id=stream,
+        create_time=int(NOW.timestamp()) - n,
+        file_size=100,
+        width=640,
+        height=360,
+        pic_url=f"/{stream}/{n}.jpg",
+        pic_full_url=f"http://cos.example/{stream}/{n}.jpg",
+        app="live",
+        payload={"event_type": 200, "n": n},
+    )
+
+
+def record(sessions: sessionmaker[Session], ev: ScreenshotEvent) -> int | None:
+    with transaction(sessions) as s:
+        return queries.record_frame(s, ev, now=NOW, captured_at=NOW - timedelta(seconds=5))
+
+
+def claim(sessions: sessionmaker[Session], owner: str, now: datetime = NOW, limit: int = 10) -> list[queries.ClaimedFrame]:
+    with transaction(sessions) as s:
+        return queries.claim_frames(s, owner=owner, now=now, lease=LEASE, limit=limit)
+
+
+def test_a_retried_callback_is_recorded_once(sessions: sessionmaker[Session]) -> None:
+    first = record(sessions, event(n=1))
+    assert first is not None
+    assert record(sessions, event(n=1)) is None
+    assert record(sessions, event(n=2)) is not None
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Frame)) == 2
+        frame = s.get_one(Frame, first)
+        assert frame.status == FrameStatus.PENDING
+        assert frame.payload == {"event_type": 200, "n": 1}
+        assert frame.captured_at == NOW - timedelta(seconds=5)
+        assert s.get_one(Stream, "room").last_frame_at == NOW - timedelta(seconds=5)
+
+
+def test_claims_are_disjoint_and_leased(sessions: sessionmaker[Session]) -> None:
+    for n in range(5):
+        record(sessions, event(n=n))
+    a = claim(sessions, "a", limit=3)
+    b = claim(sessions, "b", limit=3)
+    assert len(a) == 3 and len(b) == 2
+    assert not {f.id for f in a} & {f.id for f in b}
+    assert all(f.attempts == 1 for f in a + b)
+    assert claim(sessions, "c") == []
+    # the lease runs out: the frames come back, with the attempt counted
+    again = claim(sessions, "c", now=NOW + LEASE + timedelta(seconds=1))
+    assert sorted(f.id for f in again) == sorted(f.id for f in a + b)
+    assert all(f.attempts == 2 for f in again)
+
+
+def test_a_lost_lease_cannot_overwrite_the_new_owner(sessions: sessionmaker[Session]) -> None:
+    record(sessions, event())
+    [old] = claim(sessions, "old")
+    [new] = claim(sessions, "new", now=NOW + LEASE + timedelta(seconds=1))
+    with transaction(sessions) as s:
+        assert not queries.finish_frame(s, old, status=FrameStatus.FAILED, reason="late", now=NOW)
+    with transaction(sessions) as s:
+        assert queries.finish_frame(s, new, status=FrameStatus.SCORED, reason="ok", now=NOW, score=0.5)
+    with sessions() as s:
+        frame = s.get_one(Frame, new.id)
+        assert (frame.status, frame.score, frame.lease_owner) == ("scored", 0.5, None)
+
+
+def test_backoff_hides_a_frame_until_it_is_due(sessions: sessionmaker[Session]) -> None:
+    record(sessions, event())
+    [frame] = claim(sessions, "w")
+    with transaction(sessions) as s:
+        queries.retry_frame_later(s, frame, reason="timeout", available_at=NOW + timedelta(seconds=30))
+    assert claim(sessions, "w", now=NOW + timedelta(seconds=29)) == []
+    [again] = claim(sessions, "w", now=NOW + timedelta(seconds=30))
+    assert again.attempts == 2
+
+
+def test_frames_that_keep_killing_workers_are_parked(sessions: sessionmaker[Session]) -> None:
+    record(sessions, event())
+    now = NOW
+    for _ in range(3):
+        assert len(claim(sessions, "dies", now=now)) == 1
+        now += LEASE + timedelta(seconds=1)
+    with transaction(sessions) as s:
+        assert queries.park_dead_frames(s, now=now, max_attempts=3) == 1
+    assert claim(sessions, "w", now=now) == []
+    with sessions() as s:
+        frame = s.scalars(select(Frame)).one()
+        assert frame.status == FrameStatus.FAILED
+        assert "gave up after 3 attempts" in frame.reason
+
+
+def test_install_cover_is_a_compare_and_set(sessions: sessionmaker[Session]) -> None:
+    frame_id = record(sessions, event())
+    rendition = queries.StoredRendition("small", "jpeg", "renditions/aa/aa.jpeg", "aa", "image/jpeg", 320, 180, 10)
+    with transaction(sessions) as s:
+        first = queries.install_cover(
+            s, "room", expected_cover_id=None, frame_id=frame_id, source=CoverSource.AUTO,
+            score=0.5, captured_at=NOW, renditions=[rendition], now=NOW,
+        )
+    assert first is not None
+    with transaction(sessions) as s:
+        # decided against "no cover", but there is one now: refused
+        assert queries.install_cover(
+            s, "room", expected_cover_id=None, frame_id=frame_id, source=CoverSource.AUTO,
+            score=0.6, captured_at=NOW, renditions=[rendition], now=NOW,
+        ) is None
+    with transaction(sessions) as s:
+        view = queries.cover_view(s, "room")
+        assert view is not None and view.cover_id == first
+        assert view.renditions[("small", "jpeg")].key == "renditions/aa/aa.jpeg"
+        assert s.scalar(select(func.count()).select_from(Cover)) == 1
+        assert queries.cover_view(s, "unknown") is None
