@@ -75,6 +75,7 @@ def worker() -> None:
             session_factory=db.make_session_factory(engine),
             storage=storage_from_url(settings.storage_url),
             fetch=fetcher.fetch,
+            name=settings.worker_name or None,
         ).run(stop)
 
 

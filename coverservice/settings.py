@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=16_777_216, gt=0)  # 4096², far below Pillow's 89M
 
     # --- worker --------------------------------------------------------------------------
+    worker_name: str = Field(default="", max_length=40)  # shown per frame; default: random
     worker_lease: float = Field(default=60.0, gt=0)
     worker_batch_size: int = Field(default=8, gt=0, le=1000)
     worker_poll_interval: float = Field(default=0.5, gt=0)
