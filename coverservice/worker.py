@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import imaging, queries, scoring
 from .db import transaction, utcnow
-from .errors import FetchError, ImageRejected
+from .errors import FetchError, ImageRejected, StorageError
 from .models import CoverSource, FrameStatus
 from .queries import ClaimedFrame, StoredRendition
 from .selection import Candidate, choose_cover
@@ -122,6 +122,9 @@ class Worker:
             scored = self._download_and_score(frame)
             if scored is not None:
                 self._select(frame, scored)
+        except StorageError as exc:
+            log.warning("worker %s: frame %d: %s", self.name, frame.id, exc)
+            self._retry_or_fail(frame, f"storage unavailable: {exc}")
         except Exception as exc:  # a bug or an unforeseen failure: retried, then failed
             log.exception("worker %s: frame %d failed unexpectedly", self.name, frame.id)
             self._retry_or_fail(frame, f"internal error: {type(exc).__name__}")

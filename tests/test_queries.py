@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from coverservice import queries
@@ -127,3 +127,27 @@ def test_install_cover_is_a_compare_and_set(sessions: sessionmaker[Session]) -> 
         assert view.renditions[("small", "jpeg")].key == "renditions/aa/aa.jpeg"
         assert s.scalar(select(func.count()).select_from(Cover)) == 1
         assert queries.cover_view(s, "unknown") is None
+
+
+def test_concurrent_claims_skip_locked_rows_instead_of_waiting(postgres_url: str) -> None:
+    from coverservice.db import make_engine, make_session_factory
+
+    engine = make_engine(postgres_url, pool_size=2)
+    sessions = make_session_factory(engine)
+    try:
+        for n in range(4):
+            record(sessions, event(n=n))
+        with sessions() as a, sessions() as b:
+            a.begin()
+            b.begin()
+            # statement_timeout: if B waited on A's row locks instead of skipping them,
+            # the claim would fail instead of hanging the test.
+            b.execute(text("SET LOCAL statement_timeout = '2s'"))
+            first = queries.claim_frames(a, owner="a", now=NOW, lease=LEASE, limit=2)
+            second = queries.claim_frames(b, owner="b", now=NOW, lease=LEASE, limit=4)
+            assert len(first) == 2 and len(second) == 2
+            assert not {f.id for f in first} & {f.id for f in second}
+            a.commit()
+            b.commit()
+    finally:
+        engine.dispose()

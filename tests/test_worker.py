@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from coverservice import queries
 from coverservice.callbacks import ScreenshotEvent
 from coverservice.db import transaction
+from coverservice.errors import StorageError
 from coverservice.fetch import Fetcher
 from coverservice.models import Cover, Frame, FrameStatus, Stream
 from coverservice.settings import Settings
@@ -246,12 +247,12 @@ def test_a_storage_outage_never_leaves_a_cover_without_objects(
 ) -> None:
     class BrokenStorage(FileStorage):
         def put(self, key: str, data: bytes, *, content_type: str) -> None:
-            raise OSError("disk on fire")
+            raise StorageError("cannot put renditions/x: disk full")
 
     frame_id = add_frame(sessions, cos, clock, "/room/x.jpg", scene_jpeg(640, 360))
     make_worker(storage_=BrokenStorage(storage.root)).run_once()
     row = frame(sessions, frame_id)
-    assert row.status == FrameStatus.PENDING and "internal error" in row.reason
+    assert row.status == FrameStatus.PENDING and row.reason.startswith("storage unavailable")
     assert current_cover(sessions) is None
     # storage is back: the retry produces the cover
     clock.advance(60)
