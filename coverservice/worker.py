@@ -173,7 +173,17 @@ class Worker:
                 self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
                 return
             data, score, captured_at = winner
-            renditions = self._render_and_store(data)
+            try:
+                renditions = self._render_and_store(data)
+            except ImageRejected as exc:
+                # Scoring decodes a DCT-scaled grayscale; rendering decodes everything
+                # and can still find the file broken.
+                if decision.frame_id == frame.id:
+                    self._finish(frame, FrameStatus.REJECTED, str(exc), scores=scored.scores)
+                else:
+                    log.warning("stream %s: frame %d cannot be rendered: %s", frame.stream_id, decision.frame_id, exc)
+                    self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
+                return
             with self._sessions() as session, session.begin():
                 if not self._finish_in(session, frame, FrameStatus.SCORED, scored.scores.reason, scored.scores):
                     session.rollback()
