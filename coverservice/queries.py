@@ -258,7 +258,7 @@ def selection_inputs(
             Frame.captured_at >= since,
         )
     ).all()
-    candidates = [Candidate(r[0], float(r[1]), r[2]) for r in rows]
+    candidates = [Candidate(r[0], r[1] or 0.0, r[2]) for r in rows]
     current_row = session.execute(
         select(Stream.cover_id, Cover.frame_id, Cover.score, Cover.captured_at)
         .outerjoin(Cover, Cover.id == Stream.cover_id)

@@ -103,14 +103,14 @@ class Settings(BaseSettings):
         for prefix in ("postgresql://", "postgres://"):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
-        if not (value.startswith("postgresql+psycopg://") or value.startswith("sqlite://")):
+        if not value.startswith(("postgresql+psycopg://", "sqlite://")):
             raise ValueError("use a postgresql://... or sqlite:///... URL")
         return value
 
     @field_validator("storage_url")
     @classmethod
     def _check_storage_url(cls, value: str) -> str:
-        if value.startswith("file:///") or value.startswith("s3://"):
+        if value.startswith(("file:///", "s3://")):
             if value.startswith("s3://") and not value[len("s3://") :].split("/")[0]:
                 raise ValueError("s3:// URL needs a bucket: s3://bucket/prefix")
             return value

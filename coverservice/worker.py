@@ -294,6 +294,6 @@ class Worker:
     def backoff(self, attempts: int) -> float:
         """Exponential backoff with equal jitter: retries of frames that failed together
         (a COS hiccup) spread out instead of arriving together again."""
-        base = min(self.settings.worker_retry_max, self.settings.worker_retry_base * 2 ** (attempts - 1))
+        base = min(self.settings.worker_retry_max, self.settings.worker_retry_base * 2.0 ** (attempts - 1))
         return base / 2 + self._jitter() * base / 2
 

@@ -18,11 +18,11 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from support.s3_server import s3_endpoint, s3_storage  # noqa: F401  (fixtures)
 
 from coverservice import db
 from coverservice.settings import Settings
 from coverservice.storage import FileStorage
-from support.s3_server import s3_endpoint, s3_storage  # noqa: F401  (fixtures)
 
 PG_URL = Settings(
     database_url=os.environ.get(

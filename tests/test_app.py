@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, event
+from support.images import encode, scene
+from support.servers import ThreadedServer
 
 from coverservice import queries
 from coverservice.app import accepts_webp, create_app, etag_matches
@@ -20,8 +22,6 @@ from coverservice.errors import StorageError
 from coverservice.models import CoverSource, Stream
 from coverservice.settings import Settings
 from coverservice.storage import FileStorage
-from support.images import encode, scene
-from support.servers import ThreadedServer
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

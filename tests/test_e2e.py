@@ -4,6 +4,9 @@ a COS stand-in, signed callbacks over HTTP, covers read back over HTTP."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,13 +17,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
+from support.cos_server import CosServer
+from support.images import blurred, encode, scene, scene_jpeg
+from support.servers import ServiceProcess
 
 from coverservice.callbacks import sign
 from coverservice.models import Frame
 from coverservice.settings import Settings
-from support.cos_server import CosServer
-from support.images import blurred, encode, scene, scene_jpeg
-from support.servers import ServiceProcess
 
 KEY = "e2e-callback-key"
 
@@ -291,3 +294,29 @@ def test_two_workers_share_the_work_and_process_each_frame_once(
         current = conn.execute(text("SELECT count(*) FROM streams WHERE cover_id IS NOT NULL")).scalar()
     engine.dispose()
     assert current == 4
+
+
+def test_embedded_default_needs_no_configuration(cos: CosServer, tmp_path: Path) -> None:
+    with ServiceProcess.serve({}, log_path=tmp_path / "serve.log", cwd=tmp_path) as service:
+        assert httpx.get(f"{service.base_url}/readyz").status_code == 200
+        cos.put("/x.jpg", scene_jpeg(640, 360))
+        body = callback(cos, "room", "/x.jpg", sign="unchecked")
+        assert post(service, body).json() == {"code": 0}
+        database_url = f"sqlite:///{tmp_path / 'coverservice.sqlite3'}"
+        [row] = frames(database_url)
+        # the default allowlist is COS's domains: a loopback URL is refused, not fetched
+        assert row.status == "failed" and "not allowed" in row.reason
+    assert (tmp_path / "coverservice-data").is_dir()
+    assert "signatures are NOT checked" in service.log()
+    assert cos.total_requests == 0
+
+
+def test_a_bad_setting_stops_the_service_with_a_clear_message(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "coverservice", "serve"],
+        env={**os.environ, "COVERSERVICE_SELECTION_WINDOW": "ten minutes"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "COVERSERVICE_SELECTION_WINDOW" in proc.stderr
+    assert "Traceback" not in proc.stderr

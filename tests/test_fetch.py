@@ -16,11 +16,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support.cos_server import CosServer
 
 from coverservice.errors import FetchError
 from coverservice.fetch import Fetcher, check_url, host_allowed
 from coverservice.settings import Settings
-from support.cos_server import CosServer
 
 SHOT = bytes(range(256)) * 40  # 10 KiB; fetch does not look inside
 PATTERNS = (

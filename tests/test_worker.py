@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from support.cos_server import CosServer
+from support.images import black, blurred, encode, scene, scene_jpeg
 
 from coverservice import queries
 from coverservice.callbacks import ScreenshotEvent
@@ -21,8 +23,6 @@ from coverservice.models import Cover, Frame, FrameStatus, Stream
 from coverservice.settings import Settings
 from coverservice.storage import FileStorage, Storage
 from coverservice.worker import Worker
-from support.cos_server import CosServer
-from support.images import black, blurred, encode, scene, scene_jpeg
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -220,10 +220,15 @@ def test_a_recovered_download_is_scored(
     assert view is not None and view.frame_id == frame_id
 
 
-def test_backoff_grows_and_is_capped(make_settings: Callable[..., Settings], sessions: sessionmaker[Session]) -> None:
+def test_backoff_grows_and_is_capped(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], storage: FileStorage
+) -> None:
     s = make_settings(worker_retry_base=2.0, worker_retry_max=60.0)
-    low = Worker(s, session_factory=sessions, storage=FileStorage.__new__(FileStorage), fetch=bytes, jitter=lambda: 0.0)
-    high = Worker(s, session_factory=sessions, storage=FileStorage.__new__(FileStorage), fetch=bytes, jitter=lambda: 1.0)
+
+    def worker(jitter: float) -> Worker:
+        return Worker(s, session_factory=sessions, storage=storage, fetch=lambda url: b"", jitter=lambda: jitter)
+
+    low, high = worker(0.0), worker(1.0)
     assert [low.backoff(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
     assert [high.backoff(n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
     assert high.backoff(30) == 60.0

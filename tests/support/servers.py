@@ -56,20 +56,27 @@ class ThreadedServer:
 class ServiceProcess:
     """A `coverservice <command>` process with its own environment, stopped by PID."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], *, log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], *, log_path: Path, cwd: Path | None = None
+    ) -> None:
         self.args = args
-        self.env = {**os.environ, **env}
+        self.cwd = cwd
+        # The service sees only the variables the test gives it, plus the basics.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("COVERSERVICE_")}
+        self.env = {**inherited, **env}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
 
     @classmethod
-    def serve(cls, env: Mapping[str, str], *, log_path: Path, worker: bool = True) -> ServiceProcess:
+    def serve(
+        cls, env: Mapping[str, str], *, log_path: Path, worker: bool = True, cwd: Path | None = None
+    ) -> ServiceProcess:
         port = free_port()
         args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
         if not worker:
             args.append("--no-worker")
-        service = cls(args, env, log_path=log_path)
+        service = cls(args, env, log_path=log_path, cwd=cwd)
         service.port = port
         return service
 
@@ -83,6 +90,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coverservice", *self.args],
             env=self.env,
+            cwd=self.cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
