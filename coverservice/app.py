@@ -5,6 +5,7 @@ Errors from the layers below are mapped to HTTP statuses here and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -21,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import callbacks, queries
-from .cache import CoverCache
-from .callbacks import ScreenshotEvent
+from . import admin, callbacks, queries
+from .admin import AdminDeps
+from .cache import CoverCache, InvalidationListener
+from .callbacks import IgnoredEvent, ModerationEvent, ScreenshotEvent, StreamStateEvent
 from .db import make_engine, make_session_factory, ping, transaction, utcnow
-from .errors import CallbackError, FetchError, PayloadTooLarge
+from .errors import FetchError, PayloadTooLarge, RequestError
 from .fetch import Fetcher, check_url
 from .imaging import FORMATS, SIZES
 from .models import FrameStatus
@@ -45,6 +47,7 @@ def create_app(
     *,
     engine: Engine | None = None,
     storage: Storage | None = None,
+    fetch: Callable[[str], bytes] | None = None,
     run_worker: bool = False,
     clock: Callable[[], datetime] = utcnow,
 ) -> Starlette:
@@ -53,8 +56,12 @@ def create_app(
     (the embedded default)."""
     engine = engine or make_engine(settings.database_url)
     storage = storage or storage_from_url(settings.storage_url)
+    fetcher = None
+    if fetch is None:
+        fetcher = Fetcher.from_settings(settings)
+        fetch = fetcher.fetch
     sessions = make_session_factory(engine)
-    cache = CoverCache(ttl=settings.cover_cache_ttl, max_bytes=settings.cover_cache_bytes)
+    cache = CoverCache(ttl=settings.cover_cache_ttl, max_bytes=settings.cover_cache_bytes, wall=clock)
     placeholder = settings.placeholder_path.read_bytes() if settings.placeholder_path else None
 
     # --- callbacks -------------------------------------------------------------------
@@ -67,16 +74,31 @@ def create_app(
             now=clock().timestamp(),
             max_validity=settings.callback_max_validity,
         )
-        if isinstance(event, ScreenshotEvent):
-            try:
-                await run_in_threadpool(_record, event)
-            except SQLAlchemyError as exc:
-                # Not recorded, so not acknowledged: CSS retries.
-                log.error("callback for %s not recorded: %s", event.stream_id, type(exc).__name__)
-                return JSONResponse({"code": -1, "error": "unavailable"}, status_code=503)
+        if isinstance(event, IgnoredEvent):
+            return JSONResponse({"code": 0})
+        try:
+            await run_in_threadpool(_record, event)
+        except SQLAlchemyError as exc:
+            # Not recorded, so not acknowledged: CSS retries.
+            log.error("callback for %s not recorded: %s", event.stream_id, type(exc).__name__)
+            return JSONResponse({"code": -1, "error": "unavailable"}, status_code=503)
+        if isinstance(event, ModerationEvent):
+            cache.invalidate(event.stream_id)
         return JSONResponse({"code": 0})
 
-    def _record(event: ScreenshotEvent) -> None:
+    def _record(event: ScreenshotEvent | ModerationEvent | StreamStateEvent) -> None:
+        if isinstance(event, ScreenshotEvent):
+            _record_screenshot(event)
+            return
+        with transaction(sessions) as session:
+            if isinstance(event, StreamStateEvent):
+                queries.set_stream_live(session, event.stream_id, live=event.live, now=clock())
+            elif event.suggestion in settings.moderation_block_suggestions:
+                blocked = queries.record_moderation(session, event, now=clock())
+                queries.audit(session, actor="moderation", action="block", now=clock(), stream_id=event.stream_id,
+                              detail={"img": event.img_path, "suggestion": event.suggestion, "frames": blocked})
+
+    def _record_screenshot(event: ScreenshotEvent) -> None:
         # A URL we would never download is recorded as failed right away, with the
         # reason, rather than refused: the operator sees it and no worker touches it.
         status, reason = FrameStatus.PENDING, ""
@@ -94,8 +116,8 @@ def create_app(
                 reason=reason,
             )
 
-    async def callback_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, CallbackError)
+    async def request_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestError)
         content: dict[str, Any] = {"code": exc.status, "error": exc.code, "message": str(exc)}
         problems = getattr(exc, "problems", None)
         if problems:
@@ -106,7 +128,7 @@ def create_app(
 
     def _load_view(stream_id: str) -> CoverView | None:
         with transaction(sessions) as session:
-            return queries.cover_view(session, stream_id)
+            return queries.cover_view(session, stream_id, now=clock())
 
     async def load_view(stream_id: str) -> CoverView | None:
         return await run_in_threadpool(_load_view, stream_id)
@@ -192,10 +214,12 @@ def create_app(
             )
         stop = threading.Event()
         thread = None
-        fetcher = None
+        listener = None
+        if engine.dialect.name == "postgresql":
+            listener = InvalidationListener(settings.database_url, cache, asyncio.get_running_loop())
+            listener.start()
         if run_worker:
-            fetcher = Fetcher.from_settings(settings)
-            worker = Worker(settings, session_factory=sessions, storage=storage, fetch=fetcher.fetch, clock=clock)
+            worker = Worker(settings, session_factory=sessions, storage=storage, fetch=fetch, clock=clock)
             thread = threading.Thread(target=worker.run, args=(stop,), name="coverservice-worker", daemon=True)
             thread.start()
         try:
@@ -204,9 +228,20 @@ def create_app(
             stop.set()
             if thread is not None:
                 thread.join(timeout=30)
+            if listener is not None:
+                listener.stop()
             if fetcher is not None:
                 fetcher.close()
 
+    admin_deps = AdminDeps(
+        settings=settings,
+        sessions=sessions,
+        storage=storage,
+        cache=cache,
+        fetch=fetch,
+        clock=clock,
+        describe_cover=lambda view: describe_cover(view, settings.public_base_url),
+    )
     app = Starlette(
         routes=[
             Route("/callbacks/css", css_callback, methods=["POST"]),
@@ -214,8 +249,9 @@ def create_app(
             Route("/api/covers/{stream_id}", cover_metadata, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *admin.routes(admin_deps),
         ],
-        exception_handlers={CallbackError: callback_error},
+        exception_handlers={RequestError: request_error},
         lifespan=lifespan,
     )
     app.state.cache = cache

@@ -13,11 +13,28 @@ class CoverServiceError(Exception):
     """Base of every error the service raises on purpose."""
 
 
+# --- HTTP requests ---------------------------------------------------------------------
+
+
+class RequestError(CoverServiceError):
+    """A request we refuse; ``status`` and ``code`` are what the client sees."""
+
+    status = 400
+    code = "bad_request"
+
+
+class AdminError(RequestError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 # --- callbacks -------------------------------------------------------------------------
 
 
-class CallbackError(CoverServiceError):
-    """A callback we refuse; ``status`` is the HTTP status it maps to."""
+class CallbackError(RequestError):
+    """A callback we refuse."""
 
     status = 400
     code = "invalid_callback"

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -57,6 +58,18 @@ class Stream(Base):
     cover_id: Mapped[int | None] = mapped_column(
         ForeignKey("covers.id", use_alter=True, ondelete="SET NULL")
     )
+    # An admin's cover (pinned frame or upload). It wins over cover_id until removed or
+    # expired; the worker never writes these columns, so it cannot undo an override.
+    override_cover_id: Mapped[int | None] = mapped_column(
+        ForeignKey("covers.id", use_alter=True, ondelete="SET NULL")
+    )
+    override_expires_at: Mapped[datetime | None]
+    # Push state from CSS events 1 / 0.
+    live: Mapped[bool] = mapped_column(default=False, server_default=false())
+    live_changed_at: Mapped[datetime | None]
+    # Set when the cover must be chosen again without a new frame (its frame was
+    # blocked); a worker picks it up.
+    reselect_requested_at: Mapped[datetime | None]
 
 
 class Frame(Base):
@@ -95,6 +108,37 @@ class Frame(Base):
 
     score: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Blocked frames (moderation or an admin) are never used for a cover.
+    blocked: Mapped[bool] = mapped_column(default=False, server_default=false())
+    blocked_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ModerationFlag(Base):
+    """A CSS 317 verdict that blocks a screenshot, kept even when the screenshot's own
+    callback has not arrived yet, so the frame is blocked the moment it does."""
+
+    __tablename__ = "moderation_flags"
+    __table_args__ = (UniqueConstraint("stream_id", "img_path"),)
+
+    id: Mapped[BigId]
+    stream_id: Mapped[StreamId]
+    img_path: Mapped[str] = mapped_column(String(1024))  # matched against Frame.pic_url
+    img: Mapped[str] = mapped_column(String(2048))
+    suggestion: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[Json]
+    received_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[BigId]
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(64))  # admin token's name, or "moderation"
+    action: Mapped[str] = mapped_column(String(32))
+    stream_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    frame_id: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[Json]
 
 
 class Cover(Base):

@@ -11,12 +11,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .callbacks import ScreenshotEvent
-from .models import Cover, CoverSource, Frame, FrameStatus, Rendition, Stream
+from .callbacks import ModerationEvent, ScreenshotEvent
+from .models import (
+    AuditEntry,
+    Cover,
+    CoverSource,
+    Frame,
+    FrameStatus,
+    ModerationFlag,
+    Rendition,
+    Stream,
+)
 from .selection import Candidate
 
 
@@ -53,6 +62,20 @@ class CoverView:
     created_at: datetime
     metrics: dict[str, Any] | None
     renditions: dict[tuple[str, str], StoredRendition]  # (size, format) -> rendition
+    valid_until: datetime | None = None  # an override's expiry: caches must not outlive it
+
+
+@dataclass(frozen=True)
+class SelectionInputs:
+    candidates: list[Candidate]  # scored, unblocked frames since the window start
+    current: Candidate | None  # the automatic cover, if it is a frame
+    current_cover_id: int | None
+    live: bool
+    live_changed_at: datetime | None
+
+
+MODERATION_REASON = "moderation"
+COVER_CHANNEL = "coverservice_covers"
 
 
 def _insert(session: Session, model: type[Any]) -> Any:
@@ -109,6 +132,9 @@ def record_frame(
             attempts=0,
             available_at=now,
             processed_at=None if status is FrameStatus.PENDING else now,
+            # A 317 that arrived before its screenshot: the frame is born blocked.
+            blocked=_flagged(event.stream_id, event.pic_url),
+            blocked_reason=case((_flagged(event.stream_id, event.pic_url), MODERATION_REASON), else_=None),
         )
         .on_conflict_do_nothing(index_elements=[Frame.stream_id, Frame.pic_url])
         .returning(Frame.id)
@@ -246,59 +272,49 @@ def retry_frame_later(
 # --- selection and covers ---------------------------------------------------------------
 
 
-def selection_inputs(
-    session: Session, stream_id: str, *, since: datetime
-) -> tuple[list[Candidate], Candidate | None, int | None]:
-    """The stream's scored frames captured since ``since``, its current cover as a
-    candidate (None if it has none or it is not a frame), and the current cover id."""
+def selection_inputs(session: Session, stream_id: str, *, since: datetime) -> SelectionInputs:
     rows = session.execute(
         select(Frame.id, Frame.score, Frame.captured_at).where(
             Frame.stream_id == stream_id,
             Frame.status == FrameStatus.SCORED,
+            Frame.blocked.is_(False),
             Frame.captured_at >= since,
         )
     ).all()
     candidates = [Candidate(r[0], r[1] or 0.0, r[2]) for r in rows]
-    current_row = session.execute(
-        select(Stream.cover_id, Cover.frame_id, Cover.score, Cover.captured_at)
+    row = session.execute(
+        select(Stream.cover_id, Stream.live, Stream.live_changed_at, Cover.frame_id, Cover.score, Cover.captured_at)
         .outerjoin(Cover, Cover.id == Stream.cover_id)
         .where(Stream.id == stream_id)
     ).one_or_none()
-    if current_row is None or current_row[0] is None:
-        return candidates, None, None
-    cover_id, frame_id, score, captured_at = current_row
-    if frame_id is None or score is None or captured_at is None:
-        return candidates, None, cover_id
-    return candidates, Candidate(frame_id, float(score), captured_at), cover_id
+    if row is None:
+        return SelectionInputs(candidates, None, None, False, None)
+    cover_id, live, live_changed_at, frame_id, score, captured_at = row
+    current = None
+    if frame_id is not None and score is not None and captured_at is not None:
+        current = Candidate(frame_id, score, captured_at)
+    return SelectionInputs(candidates, current, cover_id, live, live_changed_at)
 
 
-def frame_url(session: Session, frame_id: int) -> tuple[str, float | None, datetime]:
+def frame_source(session: Session, frame_id: int) -> tuple[str, float | None, datetime]:
     row = session.execute(
         select(Frame.pic_full_url, Frame.score, Frame.captured_at).where(Frame.id == frame_id)
     ).one()
     return row[0], row[1], row[2]
 
 
-def install_cover(
+def create_cover(
     session: Session,
     stream_id: str,
     *,
-    expected_cover_id: int | None,
     frame_id: int | None,
     source: CoverSource,
     score: float | None,
     captured_at: datetime | None,
     renditions: Sequence[StoredRendition],
     now: datetime,
-) -> int | None:
-    """Make a new cover current, if the stream still has the cover the decision was made
-    against (compare-and-set under the stream's row lock). Returns the new cover id, or
-    None when someone else changed the cover first: the caller decides again."""
-    current = session.execute(
-        select(Stream.cover_id).where(Stream.id == stream_id).with_for_update()
-    ).one()
-    if current[0] != expected_cover_id:
-        return None
+) -> int:
+    """Insert a cover and its renditions (whose objects are already stored)."""
     cover = Cover(
         stream_id=stream_id,
         frame_id=frame_id,
@@ -323,21 +339,66 @@ def install_cover(
         )
         for r in renditions
     )
-    session.execute(update(Stream).where(Stream.id == stream_id).values(cover_id=cover.id))
+    session.flush()
     return cover.id
 
 
-def cover_view(session: Session, stream_id: str) -> CoverView | None:
-    """What GET /cover serves for the stream: its current cover and renditions."""
-    row = session.execute(
-        select(Cover, Frame.metrics)
-        .join(Stream, Stream.cover_id == Cover.id)
-        .outerjoin(Frame, Frame.id == Cover.frame_id)
-        .where(Stream.id == stream_id)
-    ).one_or_none()
-    if row is None:
+def install_cover(
+    session: Session,
+    stream_id: str,
+    *,
+    expected_cover_id: int | None,
+    frame_id: int | None,
+    score: float | None,
+    captured_at: datetime | None,
+    renditions: Sequence[StoredRendition],
+    now: datetime,
+) -> int | None:
+    """Make a new automatic cover current, if the stream still has the cover the decision
+    was made against (compare-and-set under the stream's row lock). Returns the new cover
+    id, or None when someone else changed the cover first: the caller decides again.
+    Overrides live in other columns, so this can never replace an admin's cover."""
+    current = session.execute(
+        select(Stream.cover_id).where(Stream.id == stream_id).with_for_update()
+    ).one()
+    if current[0] != expected_cover_id:
         return None
-    cover, metrics = row
+    if frame_id is not None and session.scalar(select(Frame.blocked).where(Frame.id == frame_id)):
+        return None  # blocked since the decision: decide again without it
+    cover_id = create_cover(
+        session, stream_id, frame_id=frame_id, source=CoverSource.AUTO, score=score,
+        captured_at=captured_at, renditions=renditions, now=now,
+    )
+    session.execute(update(Stream).where(Stream.id == stream_id).values(cover_id=cover_id))
+    notify_cover_change(session, stream_id)
+    return cover_id
+
+
+def cover_view(session: Session, stream_id: str, *, now: datetime) -> CoverView | None:
+    """What GET /cover serves for the stream: an unexpired override, else its automatic
+    cover, with the renditions."""
+    stream = session.execute(
+        select(Stream.cover_id, Stream.override_cover_id, Stream.override_expires_at).where(
+            Stream.id == stream_id
+        )
+    ).one_or_none()
+    if stream is None:
+        return None
+    auto_id, override_id, expires_at = stream
+    valid_until = None
+    if override_id is not None and (expires_at is None or expires_at > now):
+        cover_id, valid_until = override_id, expires_at
+    elif auto_id is not None:
+        cover_id = auto_id
+    else:
+        return None
+    return _view(session, stream_id, cover_id, valid_until)
+
+
+def _view(session: Session, stream_id: str, cover_id: int, valid_until: datetime | None) -> CoverView:
+    cover, metrics = session.execute(
+        select(Cover, Frame.metrics).outerjoin(Frame, Frame.id == Cover.frame_id).where(Cover.id == cover_id)
+    ).one()
     renditions = session.scalars(select(Rendition).where(Rendition.cover_id == cover.id)).all()
     return CoverView(
         stream_id=stream_id,
@@ -354,7 +415,221 @@ def cover_view(session: Session, stream_id: str) -> CoverView | None:
             )
             for r in renditions
         },
+        valid_until=valid_until,
     )
+
+
+def notify_cover_change(session: Session, stream_id: str) -> None:
+    """Tell every API process to drop its cached cover of the stream. Postgres delivers
+    the notification when (and only if) the transaction commits; SQLite deployments are
+    one process, which invalidates its own cache."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :stream)"), {"channel": COVER_CHANNEL, "stream": stream_id})
+
+
+# --- overrides ------------------------------------------------------------------------------
+
+
+def ensure_stream(session: Session, stream_id: str, *, now: datetime) -> None:
+    session.execute(
+        _insert(session, Stream).values(id=stream_id, created_at=now).on_conflict_do_nothing(index_elements=[Stream.id])
+    )
+
+
+def set_override(session: Session, stream_id: str, *, cover_id: int, expires_at: datetime | None) -> None:
+    session.execute(
+        update(Stream)
+        .where(Stream.id == stream_id)
+        .values(override_cover_id=cover_id, override_expires_at=expires_at)
+    )
+    notify_cover_change(session, stream_id)
+
+
+def clear_override(session: Session, stream_id: str) -> bool:
+    result = session.execute(
+        update(Stream)
+        .where(Stream.id == stream_id, Stream.override_cover_id.is_not(None))
+        .values(override_cover_id=None, override_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    notify_cover_change(session, stream_id)
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- blocking and moderation -------------------------------------------------------------------
+
+
+def _flagged(stream_id: str, pic_url: str) -> Any:
+    return exists().where(ModerationFlag.stream_id == stream_id, ModerationFlag.img_path == pic_url)
+
+
+def block_frame(session: Session, frame_id: int, *, reason: str, now: datetime) -> str | None:
+    """Block a frame and take it off its stream's covers at once, in this transaction:
+    the automatic cover falls back to the stream's previous unblocked cover (its
+    renditions are stored already; none: the placeholder) and a worker is asked to
+    choose again; an override showing the frame is removed. Returns the stream id, or
+    None for an unknown frame."""
+    stream_id = session.scalar(select(Frame.stream_id).where(Frame.id == frame_id))
+    if stream_id is None:
+        return None
+    session.execute(
+        update(Frame).where(Frame.id == frame_id).values(blocked=True, blocked_reason=reason)
+    )
+    stream = session.execute(select(Stream).where(Stream.id == stream_id).with_for_update()).scalar_one()
+    shows = {c.id: c.frame_id for c in session.scalars(
+        select(Cover).where(Cover.id.in_([i for i in (stream.cover_id, stream.override_cover_id) if i]))
+    )}
+    if stream.override_cover_id is not None and shows.get(stream.override_cover_id) == frame_id:
+        stream.override_cover_id = None
+        stream.override_expires_at = None
+    if stream.cover_id is not None and shows.get(stream.cover_id) == frame_id:
+        stream.cover_id = session.scalar(
+            select(Cover.id)
+            .join(Frame, Frame.id == Cover.frame_id)
+            .where(Cover.stream_id == stream_id, Cover.source == CoverSource.AUTO, Frame.blocked.is_(False))
+            .order_by(Cover.id.desc())
+            .limit(1)
+        )
+        stream.reselect_requested_at = now
+    session.flush()
+    notify_cover_change(session, stream_id)
+    return stream_id
+
+
+def unblock_frame(session: Session, frame_id: int, *, now: datetime) -> str | None:
+    stream_id = session.scalar(select(Frame.stream_id).where(Frame.id == frame_id))
+    if stream_id is None:
+        return None
+    session.execute(update(Frame).where(Frame.id == frame_id).values(blocked=False, blocked_reason=None))
+    # The frame may be the best one again.
+    session.execute(update(Stream).where(Stream.id == stream_id).values(reselect_requested_at=now))
+    return stream_id
+
+
+def record_moderation(session: Session, event: ModerationEvent, *, now: datetime) -> list[int]:
+    """Keep a blocking verdict and block the frames it names (by path, as CSS's img and
+    pic_full_url may use different domains). Returns the frames blocked."""
+    flag = _insert(session, ModerationFlag).values(
+        stream_id=event.stream_id,
+        img_path=event.img_path,
+        img=event.img,
+        suggestion=event.suggestion,
+        payload=event.payload,
+        received_at=now,
+    )
+    session.execute(
+        flag.on_conflict_do_update(
+            index_elements=[ModerationFlag.stream_id, ModerationFlag.img_path],
+            set_={"suggestion": flag.excluded.suggestion, "payload": flag.excluded.payload},
+        )
+    )
+    frame_ids = session.scalars(
+        select(Frame.id).where(
+            Frame.stream_id == event.stream_id,
+            or_(Frame.pic_url == event.img_path, Frame.pic_full_url == event.img),
+        )
+    ).all()
+    for frame_id in frame_ids:
+        block_frame(session, frame_id, reason=f"{MODERATION_REASON}: {event.suggestion}", now=now)
+    return list(frame_ids)
+
+
+def request_reselection(session: Session, stream_id: str, *, now: datetime) -> None:
+    session.execute(update(Stream).where(Stream.id == stream_id).values(reselect_requested_at=now))
+
+
+def claim_reselections(session: Session, *, limit: int) -> list[str]:
+    due = (
+        select(Stream.id)
+        .where(Stream.reselect_requested_at.is_not(None))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        update(Stream)
+        .where(Stream.id.in_(due.scalar_subquery()))
+        .values(reselect_requested_at=None)
+        .returning(Stream.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [r[0] for r in rows]
+
+
+# --- stream lifecycle ----------------------------------------------------------------------------
+
+
+def set_stream_live(session: Session, stream_id: str, *, live: bool, now: datetime) -> None:
+    stmt = _insert(session, Stream).values(id=stream_id, created_at=now, live=live, live_changed_at=now)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Stream.id], set_={"live": live, "live_changed_at": now}
+        )
+    )
+
+
+# --- admin listings and audit ---------------------------------------------------------------------
+
+
+def list_streams(session: Session, *, limit: int, after: str | None) -> list[Stream]:
+    query = select(Stream).order_by(Stream.id).limit(limit)
+    if after:
+        query = query.where(Stream.id > after)
+    return list(session.scalars(query))
+
+
+def list_frames(session: Session, stream_id: str, *, limit: int) -> list[Frame]:
+    return list(
+        session.scalars(
+            select(Frame).where(Frame.stream_id == stream_id).order_by(Frame.captured_at.desc(), Frame.id.desc()).limit(limit)
+        )
+    )
+
+
+def get_frame(session: Session, frame_id: int) -> Frame | None:
+    return session.get(Frame, frame_id)
+
+
+def audit(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    now: datetime,
+    stream_id: str | None = None,
+    frame_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditEntry(at=now, actor=actor, action=action, stream_id=stream_id, frame_id=frame_id, detail=detail or {})
+    )
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+
+def prune(session: Session, *, before: datetime) -> list[str]:
+    """Delete frames and covers older than ``before``, except current covers, overrides
+    and the frames they show. Returns the storage keys no remaining cover uses, for the
+    caller to delete after commit (an object left behind by a failed delete is harmless:
+    keys are content-addressed and unreferenced)."""
+    kept_covers = select(Stream.cover_id).where(Stream.cover_id.is_not(None)).union(
+        select(Stream.override_cover_id).where(Stream.override_cover_id.is_not(None))
+    )
+    old_covers = select(Cover.id).where(Cover.created_at < before, Cover.id.not_in(kept_covers))
+    old_keys = set(session.scalars(select(Rendition.key).where(Rendition.cover_id.in_(old_covers))))
+    session.execute(delete(Rendition).where(Rendition.cover_id.in_(old_covers)).execution_options(synchronize_session=False))
+    session.execute(delete(Cover).where(Cover.id.in_(old_covers)).execution_options(synchronize_session=False))
+    shown_frames = select(Cover.frame_id).where(Cover.frame_id.is_not(None))
+    session.execute(
+        delete(Frame)
+        .where(Frame.received_at < before, Frame.id.not_in(shown_frames))
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(delete(ModerationFlag).where(ModerationFlag.received_at < before))
+    if not old_keys:
+        return []
+    still_used = set(session.scalars(select(Rendition.key).where(Rendition.key.in_(old_keys))))
+    return sorted(old_keys - still_used)
 
 
 def frame_counts(session: Session) -> dict[str, int]:

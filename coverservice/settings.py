@@ -4,6 +4,7 @@ the standard ``AWS_*`` variables itself, which is what makes COS and MinIO work)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -65,6 +66,17 @@ class Settings(BaseSettings):
     # A challenger must beat the current cover's score by this fraction to replace it.
     selection_hysteresis: float = Field(default=0.10, ge=0)
 
+    # --- moderation and lifecycle --------------------------------------------------------
+    # CSS 317 suggestions that block a frame; add "Review" to block on review as well.
+    moderation_block_suggestions: CommaList = ("Block",)
+    # Screenshots taken this close to a push interruption are not cover material: the
+    # last frames of a stream that ends are often black or frozen.
+    offline_grace: float = Field(default=10.0, ge=0)
+    # Frames, and covers that are neither current nor an override, older than this are
+    # pruned from the database and storage.
+    retention: float = Field(default=7 * 86_400.0, gt=0)
+    prune_interval: float = Field(default=600.0, gt=0)
+
     # --- serving -------------------------------------------------------------------------
     cover_max_age: int = Field(default=30, ge=0)
     missing_max_age: int = Field(default=5, ge=0)
@@ -121,6 +133,30 @@ class Settings(BaseSettings):
         if self.worker_retry_max < self.worker_retry_base:
             raise ValueError("worker_retry_max must be at least worker_retry_base")
         return self
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _check_admin_tokens(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            name, sep, token = entry.partition(":")
+            if sep and (not name or len(token) < 16):
+                raise ValueError("use name:token with a token of at least 16 characters")
+            if not sep and len(entry) < 16:
+                raise ValueError("admin tokens must be at least 16 characters")
+        return value
+
+    @property
+    def admin_token_names(self) -> dict[str, str]:
+        """Token → the name written to the audit log (the token itself never is).
+        Entries are ``name:token`` or a bare token, named by a digest prefix."""
+        names = {}
+        for entry in self.admin_tokens:
+            name, sep, token = entry.partition(":")
+            if not sep:
+                token = entry
+                name = "token-" + hashlib.sha256(entry.encode()).hexdigest()[:8]
+            names[token] = name
+        return names
 
     @property
     def is_sqlite(self) -> bool:

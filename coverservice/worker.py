@@ -10,7 +10,6 @@ the same keys.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import threading
@@ -23,10 +22,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import imaging, queries, scoring
+from .covers import render_and_store
 from .db import transaction, utcnow
 from .errors import FetchError, ImageRejected, StorageError
-from .models import CoverSource, FrameStatus
-from .queries import ClaimedFrame, StoredRendition
+from .lifecycle import lifecycle_candidates
+from .models import FrameStatus
+from .queries import ClaimedFrame
 from .selection import Candidate, choose_cover
 from .settings import Settings
 from .storage import Storage
@@ -37,6 +38,8 @@ Fetch = Callable[[str], bytes]
 
 # A cover decision lost to a concurrent worker is retried with fresh state this often.
 _SELECTION_ROUNDS = 3
+_DONE = object()
+_UNFINISHED = object()
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class Worker:
         self.name = name or f"worker-{uuid.uuid4().hex[:12]}"
         self._lease = timedelta(seconds=settings.worker_lease)
         self._window = timedelta(seconds=settings.selection_window)
+        self._grace = timedelta(seconds=settings.offline_grace)
+        self._last_prune: datetime | None = None
 
     # --- loop ------------------------------------------------------------------------
 
@@ -103,7 +108,39 @@ class Worker:
                 owned = queries.extend_lease(session, frame, until=self._clock() + self._lease)
             if owned:
                 self.process(frame)
-        return len(batch)
+        with transaction(self._sessions) as session:
+            streams = queries.claim_reselections(session, limit=self.settings.worker_batch_size)
+        for stream_id in streams:
+            try:
+                self.reselect(stream_id)
+            except Exception:
+                log.exception("worker %s: reselecting %s failed", self.name, stream_id)
+                with transaction(self._sessions) as session:
+                    queries.request_reselection(session, stream_id, now=self._clock())
+        self._maybe_prune(now)
+        return len(batch) + len(streams)
+
+    def _maybe_prune(self, now: datetime) -> None:
+        if self._last_prune is not None and (now - self._last_prune).total_seconds() < self.settings.prune_interval:
+            return
+        self._last_prune = now
+        self.prune(now)
+
+    def prune(self, now: datetime) -> int:
+        """Apply the retention period; returns the number of storage objects deleted."""
+        with transaction(self._sessions) as session:
+            keys = queries.prune(session, before=now - timedelta(seconds=self.settings.retention))
+        deleted = 0
+        for key in keys:
+            try:
+                self._storage.delete(key)
+                deleted += 1
+            except StorageError as exc:
+                log.warning("prune: could not delete %s: %s", key, exc)
+        if keys:
+            log.info("prune: %d objects deleted", deleted)
+        return deleted
+
 
     def drain(self, max_batches: int = 10_000) -> int:
         """Process until nothing is due (tests, the demo). Returns frames processed."""
@@ -150,14 +187,33 @@ class Worker:
         return _Scored(data, scores)
 
     def _select(self, frame: ClaimedFrame, scored: _Scored) -> None:
+        """Finish a scored frame, together with the cover it produces if it changes one."""
+        if self._choose(frame.stream_id, (frame, scored)) is _UNFINISHED:
+            self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
+
+    def reselect(self, stream_id: str) -> None:
+        """Choose a stream's cover again without a new frame (its cover was blocked)."""
+        self._choose(stream_id, None)
+
+    def _choose(self, stream_id: str, new: tuple[ClaimedFrame, _Scored] | None) -> object:
+        """Select, render and install. A new frame's result commits in the same
+        transaction as the cover it produces; _UNFINISHED tells the caller the frame
+        still needs its result recorded."""
         for _ in range(_SELECTION_ROUNDS):
             now = self._clock()
             with transaction(self._sessions) as session:
-                candidates, current, current_cover_id = queries.selection_inputs(
-                    session, frame.stream_id, since=now - self._window
-                )
-            # This frame is still 'processing', so it is not among the stored candidates.
-            candidates.append(Candidate(frame.id, scored.scores.score, frame.captured_at))
+                inputs = queries.selection_inputs(session, stream_id, since=now - self._window)
+            candidates = inputs.candidates
+            if new is not None:
+                # The new frame is still 'processing', so it is not among the stored ones.
+                candidates.append(Candidate(new[0].id, new[1].scores.score, new[0].captured_at))
+            candidates, current = lifecycle_candidates(
+                candidates,
+                inputs.current,
+                live=inputs.live,
+                changed_at=inputs.live_changed_at,
+                grace=self._grace,
+            )
             decision = choose_cover(
                 candidates,
                 current,
@@ -166,34 +222,32 @@ class Worker:
                 hysteresis=self.settings.selection_hysteresis,
             )
             if decision.frame_id is None:
-                self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
-                return
-            winner = self._winner_source(frame, scored, decision.frame_id)
+                return _UNFINISHED
+            winner = self._winner_source(stream_id, new, decision.frame_id)
             if winner is None:
-                self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
-                return
+                return _UNFINISHED
             data, score, captured_at = winner
             try:
-                renditions = self._render_and_store(data)
+                renditions = render_and_store(self._storage, data, max_pixels=self.settings.max_image_pixels)
             except ImageRejected as exc:
                 # Scoring decodes a DCT-scaled grayscale; rendering decodes everything
                 # and can still find the file broken.
-                if decision.frame_id == frame.id:
-                    self._finish(frame, FrameStatus.REJECTED, str(exc), scores=scored.scores)
-                else:
-                    log.warning("stream %s: frame %d cannot be rendered: %s", frame.stream_id, decision.frame_id, exc)
-                    self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
-                return
+                if new is not None and decision.frame_id == new[0].id:
+                    self._finish(new[0], FrameStatus.REJECTED, str(exc), scores=new[1].scores)
+                    return _DONE
+                log.warning("stream %s: frame %d cannot be rendered: %s", stream_id, decision.frame_id, exc)
+                return _UNFINISHED
             with self._sessions() as session, session.begin():
-                if not self._finish_in(session, frame, FrameStatus.SCORED, scored.scores.reason, scored.scores):
+                if new is not None and not self._finish_in(
+                    session, new[0], FrameStatus.SCORED, new[1].scores.reason, new[1].scores
+                ):
                     session.rollback()
-                    return
+                    return _DONE  # another worker owns the frame now
                 cover_id = queries.install_cover(
                     session,
-                    frame.stream_id,
-                    expected_cover_id=current_cover_id,
+                    stream_id,
+                    expected_cover_id=inputs.current_cover_id,
                     frame_id=decision.frame_id,
-                    source=CoverSource.AUTO,
                     score=score,
                     captured_at=captured_at,
                     renditions=renditions,
@@ -202,47 +256,24 @@ class Worker:
                 if cover_id is None:
                     session.rollback()
                     continue
-            log.info(
-                "stream %s: cover %d from frame %d (%s)",
-                frame.stream_id, cover_id, decision.frame_id, decision.reason,
-            )
-            return
+            log.info("stream %s: cover %d from frame %d (%s)", stream_id, cover_id, decision.frame_id, decision.reason)
+            return _DONE
         # Other workers kept changing this stream's cover; theirs will see this frame.
-        self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
+        return _UNFINISHED
 
     def _winner_source(
-        self, frame: ClaimedFrame, scored: _Scored, winner_id: int
+        self, stream_id: str, new: tuple[ClaimedFrame, _Scored] | None, winner_id: int
     ) -> tuple[bytes, float, datetime] | None:
-        if winner_id == frame.id:
-            return scored.data, scored.scores.score, frame.captured_at
-        # An earlier frame wins (the current cover went stale): fetch it again from COS.
+        if new is not None and winner_id == new[0].id:
+            return new[1].data, new[1].scores.score, new[0].captured_at
+        # An earlier frame wins (the cover went stale or was blocked): fetch it again.
         with transaction(self._sessions) as session:
-            url, score, captured_at = queries.frame_url(session, winner_id)
+            url, score, captured_at = queries.frame_source(session, winner_id)
         try:
             return self._fetch(url), float(score or 0.0), captured_at
         except FetchError as exc:
-            log.warning("stream %s: winner frame %d could not be fetched again: %s", frame.stream_id, winner_id, exc)
+            log.warning("stream %s: frame %d could not be fetched again: %s", stream_id, winner_id, exc)
             return None
-
-    def _render_and_store(self, data: bytes) -> list[StoredRendition]:
-        stored = []
-        for r in imaging.render_renditions(data, max_pixels=self.settings.max_image_pixels):
-            digest = hashlib.sha256(r.data).hexdigest()
-            key = f"renditions/{digest[:2]}/{digest}.{r.format}"
-            self._storage.put(key, r.data, content_type=r.content_type)
-            stored.append(
-                StoredRendition(
-                    size=r.size,
-                    format=r.format,
-                    key=key,
-                    etag=digest[:32],
-                    content_type=r.content_type,
-                    width=r.width,
-                    height=r.height,
-                    byte_size=len(r.data),
-                )
-            )
-        return stored
 
     # --- outcomes ------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from coverservice import queries
 from coverservice.app import accepts_webp, create_app, etag_matches
 from coverservice.db import make_session_factory, transaction
 from coverservice.errors import StorageError
-from coverservice.models import CoverSource, Stream
+from coverservice.models import Stream
 from coverservice.settings import Settings
 from coverservice.storage import FileStorage
 
@@ -50,7 +50,7 @@ def install(engine: Engine, storage: FileStorage, stream: str = "room") -> None:
         s.add(Stream(id=stream, created_at=NOW))
         s.flush()
         queries.install_cover(
-            s, stream, expected_cover_id=None, frame_id=None, source=CoverSource.OVERRIDE,
+            s, stream, expected_cover_id=None, frame_id=None,
             score=None, captured_at=None, now=NOW,
             renditions=[queries.StoredRendition("medium", "jpeg", "renditions/ab/abc.jpeg", "abc", "image/jpeg", 320, 180, len(data))],
         )
@@ -88,7 +88,7 @@ def test_unknown_streams_are_cached_too(make_settings: Callable[..., Settings], 
     statements = count_queries(engine)
     with ThreadedServer(app) as server, httpx.Client(base_url=server.base_url) as client:
         assert {client.get("/cover/ghost").status_code for _ in range(20)} == {404}
-    assert len([s for s in statements if "FROM covers" in s]) == 1
+    assert len([s for s in statements if "FROM streams" in s]) == 1
 
 
 def test_placeholder_is_served_with_a_short_ttl(

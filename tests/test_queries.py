@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from coverservice import queries
 from coverservice.callbacks import ScreenshotEvent
 from coverservice.db import transaction
-from coverservice.models import Cover, CoverSource, Frame, FrameStatus, Stream
+from coverservice.models import Cover, Frame, FrameStatus, Stream
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
@@ -111,22 +111,22 @@ def test_install_cover_is_a_compare_and_set(sessions: sessionmaker[Session]) -> 
     rendition = queries.StoredRendition("small", "jpeg", "renditions/aa/aa.jpeg", "aa", "image/jpeg", 320, 180, 10)
     with transaction(sessions) as s:
         first = queries.install_cover(
-            s, "room", expected_cover_id=None, frame_id=frame_id, source=CoverSource.AUTO,
+            s, "room", expected_cover_id=None, frame_id=frame_id,
             score=0.5, captured_at=NOW, renditions=[rendition], now=NOW,
         )
     assert first is not None
     with transaction(sessions) as s:
         # decided against "no cover", but there is one now: refused
         assert queries.install_cover(
-            s, "room", expected_cover_id=None, frame_id=frame_id, source=CoverSource.AUTO,
+            s, "room", expected_cover_id=None, frame_id=frame_id,
             score=0.6, captured_at=NOW, renditions=[rendition], now=NOW,
         ) is None
     with transaction(sessions) as s:
-        view = queries.cover_view(s, "room")
+        view = queries.cover_view(s, "room", now=NOW)
         assert view is not None and view.cover_id == first
         assert view.renditions[("small", "jpeg")].key == "renditions/aa/aa.jpeg"
         assert s.scalar(select(func.count()).select_from(Cover)) == 1
-        assert queries.cover_view(s, "unknown") is None
+        assert queries.cover_view(s, "unknown", now=NOW) is None
 
 
 def test_concurrent_claims_skip_locked_rows_instead_of_waiting(postgres_url: str) -> None:

@@ -34,7 +34,7 @@ def test_contract_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COVERSERVICE_CALLBACK_KEYS", "new-key, old-key")
     monkeypatch.setenv("COVERSERVICE_FETCH_ALLOWED_HOSTS", "*.myqcloud.com,cdn.example.com:8080")
     monkeypatch.setenv("COVERSERVICE_FETCH_ALLOW_PRIVATE", "true")
-    monkeypatch.setenv("COVERSERVICE_ADMIN_TOKENS", "t1,t2")
+    monkeypatch.setenv("COVERSERVICE_ADMIN_TOKENS", "alice:0123456789abcdef, fedcba9876543210")
     settings = load_settings()
     # plain postgresql:// must work: the shipped driver is named for SQLAlchemy
     assert settings.database_url == "postgresql+psycopg://postgres@127.0.0.1/test"
@@ -42,7 +42,10 @@ def test_contract_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.callback_keys == ("new-key", "old-key")
     assert settings.fetch_allowed_hosts == ("*.myqcloud.com", "cdn.example.com:8080")
     assert settings.fetch_allow_private is True
-    assert settings.admin_tokens == ("t1", "t2")
+    assert settings.admin_tokens == ("alice:0123456789abcdef", "fedcba9876543210")
+    names = settings.admin_token_names
+    assert names["0123456789abcdef"] == "alice"
+    assert names["fedcba9876543210"].startswith("token-")
 
 
 @pytest.mark.parametrize(
@@ -56,6 +59,8 @@ def test_contract_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("COVERSERVICE_FETCH_ALLOW_PRIVATE", "perhaps"),
         ("COVERSERVICE_WORKER_LEASE", "-1"),
         ("COVERSERVICE_SELECTION_WINDOW", "ten minutes"),
+        ("COVERSERVICE_ADMIN_TOKENS", "short"),
+        ("COVERSERVICE_ADMIN_TOKENS", ":0123456789abcdef"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

@@ -101,7 +101,7 @@ def frame(sessions: sessionmaker[Session], frame_id: int) -> Frame:
 
 def current_cover(sessions: sessionmaker[Session], stream: str = "room") -> queries.CoverView | None:
     with transaction(sessions) as s:
-        return queries.cover_view(s, stream)
+        return queries.cover_view(s, stream, now=datetime.now(UTC))
 
 
 def test_sharper_frame_wins_and_renditions_are_stored(
