@@ -31,7 +31,7 @@ from .errors import FetchError, PayloadTooLarge, RequestError
 from .fetch import Fetcher, check_url
 from .imaging import FORMATS, SIZES
 from .models import FrameStatus
-from .queries import CoverView
+from .queries import CoverView, StreamState
 from .settings import Settings
 from .storage import Storage, storage_from_url
 from .worker import Worker
@@ -82,7 +82,7 @@ def create_app(
             # Not recorded, so not acknowledged: CSS retries.
             log.error("callback for %s not recorded: %s", event.stream_id, type(exc).__name__)
             return JSONResponse({"code": -1, "error": "unavailable"}, status_code=503)
-        if isinstance(event, ModerationEvent):
+        if not isinstance(event, ScreenshotEvent):
             cache.invalidate(event.stream_id)
         return JSONResponse({"code": 0})
 
@@ -126,12 +126,16 @@ def create_app(
 
     # --- covers --------------------------------------------------------------------------
 
-    def _load_view(stream_id: str) -> CoverView | None:
+    def _load_state(stream_id: str) -> StreamState | None:
         with transaction(sessions) as session:
-            return queries.cover_view(session, stream_id, now=clock())
+            return queries.stream_state(session, stream_id, now=clock())
 
-    async def load_view(stream_id: str) -> CoverView | None:
-        return await run_in_threadpool(_load_view, stream_id)
+    async def load_state(stream_id: str) -> StreamState | None:
+        return await run_in_threadpool(_load_state, stream_id)
+
+    async def cover_of(stream_id: str) -> tuple[StreamState | None, CoverView | None]:
+        state = await cache.view(stream_id, load_state) if _STREAM_ID.match(stream_id) else None
+        return state, state.cover if state else None
 
     async def load_blob(key: str) -> bytes:
         return await run_in_threadpool(storage.get, key)
@@ -144,7 +148,7 @@ def create_app(
         requested = request.query_params.get("format")
         if requested is not None and requested not in FORMATS:
             return _problem(400, "invalid_format", f"format must be one of {', '.join(FORMATS)}")
-        view = await cache.view(stream_id, load_view) if _STREAM_ID.match(stream_id) else None
+        _, view = await cover_of(stream_id)
         negotiated = requested is None
         fmt = requested or ("webp" if accepts_webp(request.headers.get("accept", "")) else "jpeg")
         rendition = view.renditions.get((size, fmt)) if view else None
@@ -178,12 +182,13 @@ def create_app(
 
     async def cover_metadata(request: Request) -> Response:
         stream_id = request.path_params["stream_id"]
-        view = await cache.view(stream_id, load_view) if _STREAM_ID.match(stream_id) else None
+        state, view = await cover_of(stream_id)
         headers = {"Cache-Control": f"public, max-age={settings.cover_max_age if view else settings.missing_max_age}"}
+        live = state.live if state else None
         if view is None:
-            return JSONResponse({"stream_id": stream_id, "cover": None}, status_code=404, headers=headers)
+            return JSONResponse({"stream_id": stream_id, "live": live, "cover": None}, status_code=404, headers=headers)
         return JSONResponse(
-            {"stream_id": stream_id, "cover": describe_cover(view, settings.public_base_url)},
+            {"stream_id": stream_id, "live": live, "cover": describe_cover(view, settings.public_base_url)},
             headers=headers,
         )
 

@@ -1,7 +1,7 @@
 """In-process caches for the cover hot path: a hot cover is served without touching the
 database or storage on every request, and how they learn of changes made elsewhere.
 
-- Stream → cover view, for ``ttl`` seconds (the bound on how stale a cover may be seen
+- Stream → its state and cover, for ``ttl`` seconds (the bound on how stale a cover may be seen
   by this process), misses included, so an unknown stream cannot hammer the database.
 - Storage key → bytes, LRU bounded in bytes. Keys are content-addressed, so an entry is
   never stale; it only ages out.
@@ -26,7 +26,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from .db import utcnow
-from .queries import COVER_CHANNEL, CoverView
+from .queries import COVER_CHANNEL, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -73,29 +73,30 @@ class CoverCache:
         self._clock = clock
         self._wall = wall
         self._generation = 0
-        self._views: OrderedDict[str, tuple[float, CoverView | None]] = OrderedDict()
+        self._views: OrderedDict[str, tuple[float, StreamState | None]] = OrderedDict()
         self._blobs: OrderedDict[str, bytes] = OrderedDict()
         self._blob_bytes = 0
-        self._view_flight: _SingleFlight[CoverView | None] = _SingleFlight()
+        self._view_flight: _SingleFlight[StreamState | None] = _SingleFlight()
         self._blob_flight: _SingleFlight[bytes] = _SingleFlight()
 
     async def view(
-        self, stream_id: str, load: Callable[[str], Awaitable[CoverView | None]]
-    ) -> CoverView | None:
+        self, stream_id: str, load: Callable[[str], Awaitable[StreamState | None]]
+    ) -> StreamState | None:
         entry = self._views.get(stream_id)
         now = self._clock()
         if entry is not None and entry[0] > now:
             return entry[1]
 
-        async def fill() -> CoverView | None:
+        async def fill() -> StreamState | None:
             generation = self._generation
             value = await load(stream_id)
             # An invalidation that arrived while loading may concern what was just read:
             # serve it this once, but do not keep it.
             if generation == self._generation:
                 expires = self._clock() + self.ttl
-                if value is not None and value.valid_until is not None:
-                    expires = min(expires, self._clock() + (value.valid_until - self._wall()).total_seconds())
+                until = value.cover.valid_until if value is not None and value.cover else None
+                if until is not None:
+                    expires = min(expires, self._clock() + (until - self._wall()).total_seconds())
                 self._views[stream_id] = (expires, value)
                 self._views.move_to_end(stream_id)
                 while len(self._views) > MAX_STREAMS:

@@ -66,6 +66,15 @@ class CoverView:
 
 
 @dataclass(frozen=True)
+class StreamState:
+    """What the public endpoints serve for a stream: its push state and the cover shown."""
+
+    stream_id: str
+    live: bool
+    cover: CoverView | None
+
+
+@dataclass(frozen=True)
 class SelectionInputs:
     candidates: list[Candidate]  # scored, unblocked frames since the window start
     current: Candidate | None  # the automatic cover, if it is a frame
@@ -374,25 +383,27 @@ def install_cover(
     return cover_id
 
 
-def cover_view(session: Session, stream_id: str, *, now: datetime) -> CoverView | None:
-    """What GET /cover serves for the stream: an unexpired override, else its automatic
-    cover, with the renditions."""
+def stream_state(session: Session, stream_id: str, *, now: datetime) -> StreamState | None:
+    """The stream's push state and the cover it shows: an unexpired override, else its
+    automatic cover. None for a stream never heard of."""
     stream = session.execute(
-        select(Stream.cover_id, Stream.override_cover_id, Stream.override_expires_at).where(
+        select(Stream.live, Stream.cover_id, Stream.override_cover_id, Stream.override_expires_at).where(
             Stream.id == stream_id
         )
     ).one_or_none()
     if stream is None:
         return None
-    auto_id, override_id, expires_at = stream
-    valid_until = None
+    live, auto_id, override_id, expires_at = stream
     if override_id is not None and (expires_at is None or expires_at > now):
-        cover_id, valid_until = override_id, expires_at
-    elif auto_id is not None:
-        cover_id = auto_id
-    else:
-        return None
-    return _view(session, stream_id, cover_id, valid_until)
+        return StreamState(stream_id, live, _view(session, stream_id, override_id, expires_at))
+    if auto_id is not None:
+        return StreamState(stream_id, live, _view(session, stream_id, auto_id, None))
+    return StreamState(stream_id, live, None)
+
+
+def cover_view(session: Session, stream_id: str, *, now: datetime) -> CoverView | None:
+    state = stream_state(session, stream_id, now=now)
+    return state.cover if state else None
 
 
 def _view(session: Session, stream_id: str, cover_id: int, valid_until: datetime | None) -> CoverView:
@@ -565,6 +576,7 @@ def set_stream_live(session: Session, stream_id: str, *, live: bool, now: dateti
             index_elements=[Stream.id], set_={"live": live, "live_changed_at": now}
         )
     )
+    notify_cover_change(session, stream_id)
 
 
 # --- admin listings and audit ---------------------------------------------------------------------

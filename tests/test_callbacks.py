@@ -5,7 +5,15 @@ from typing import Any
 
 import pytest
 
-from coverservice.callbacks import IgnoredEvent, ScreenshotEvent, parse_callback, redact, sign
+from coverservice.callbacks import (
+    IgnoredEvent,
+    ModerationEvent,
+    ScreenshotEvent,
+    StreamStateEvent,
+    parse_callback,
+    redact,
+    sign,
+)
 from coverservice.errors import InvalidPayload, SignatureRejected
 
 NOW = 1_700_000_000.0
@@ -155,3 +163,36 @@ def test_stream_param_secrets_are_redacted() -> None:
     assert "deadbeef" not in json.dumps(event.payload)
     assert "txTime=5C2A3F2B" in event.payload["stream_param"]
     assert redact({"stream_param": ""}) == {"stream_param": ""}
+
+
+def signed(payload: dict[str, Any]) -> dict[str, Any]:
+    t = int(NOW) + 600
+    return {**payload, "t": t, "sign": sign(KEY, t)}
+
+
+def test_moderation_event_names_the_flagged_screenshot_by_path() -> None:
+    event = parse(signed({
+        "event_type": 317, "streamId": "room_1", "channelId": "room_1", "type": [1], "score": 91,
+        "img": "http://cdn.example.com/2018-12-17/room_1-screenshot.jpg?x=1", "suggestion": "Block",
+    }))
+    assert isinstance(event, ModerationEvent)
+    assert (event.stream_id, event.img_path, event.suggestion) == ("room_1", "/2018-12-17/room_1-screenshot.jpg", "Block")
+
+
+@pytest.mark.parametrize("event_type, live", [(1, True), (0, False)])
+def test_push_events(event_type: int, live: bool) -> None:
+    assert parse(signed({"event_type": event_type, "stream_id": "room_1", "app": "live"})) == StreamStateEvent("room_1", live)
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"event_type": 317, "streamId": "room", "suggestion": "Block"}, "img"),
+        ({"event_type": 317, "streamId": "a/b", "img": "x", "suggestion": "Block"}, "streamId"),
+        ({"event_type": 1}, "stream_id"),
+    ],
+)
+def test_malformed_moderation_and_push_events(payload: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        parse(signed(payload))
+    assert info.value.problems[0]["field"] == field

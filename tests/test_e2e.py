@@ -320,3 +320,23 @@ def test_a_bad_setting_stops_the_service_with_a_clear_message(tmp_path: Path) ->
     assert proc.returncode != 0
     assert "COVERSERVICE_SELECTION_WINDOW" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_block_reaches_every_api_process_at_once(postgres_url: str, cos: CosServer, tmp_path: Path) -> None:
+    # Covers cached for five minutes: only the database's notification can explain B
+    # dropping the blocked cover within a second or two.
+    env = service_env(postgres_url, (tmp_path / "covers").as_uri(), COVERSERVICE_COVER_CACHE_TTL="300")
+    with ServiceProcess.serve(env, log_path=tmp_path / "a.log") as a, \
+            ServiceProcess.serve(env, log_path=tmp_path / "b.log", worker=False) as b:
+        cos.put("/x/1.jpg", scene_jpeg(1280, 720))
+        post(a, callback(cos, "xroom", "/x/1.jpg"))
+        wait_for(lambda: httpx.get(f"{a.base_url}/cover/xroom").status_code == 200)
+        cached = httpx.get(f"{b.base_url}/cover/xroom?format=jpeg")
+        assert cached.status_code == 200
+        t = int(time.time()) + 600
+        flag = {"event_type": 317, "streamId": "xroom", "img": cos.url("/x/1.jpg"), "suggestion": "Block",
+                "t": t, "sign": sign(KEY, t)}
+        assert post(a, flag).json() == {"code": 0}
+        started = time.monotonic()
+        wait_for(lambda: httpx.get(f"{b.base_url}/cover/xroom?format=jpeg").status_code == 404, timeout=5)
+        assert time.monotonic() - started < 5
