@@ -140,14 +140,15 @@ def two_frames(h: Harness, stream: str = "room") -> tuple[int, int]:
 )
 def test_admin_needs_a_valid_token_and_changes_nothing_without(h: Harness, headers: dict[str, str], status: int) -> None:
     sharp, soft = two_frames(h)
-    for method, url, kwargs in [
+    requests: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/admin/streams", {}),
         ("GET", "/admin/streams/room/frames", {}),
         ("POST", "/admin/covers/room/pin", {"json": {"frame_id": soft}}),
         ("PUT", "/admin/covers/room", {"content": encode(scene(640, 360), "PNG")}),
         ("DELETE", "/admin/covers/room/override", {}),
         ("POST", f"/admin/frames/{sharp}/block", {}),
-    ]:
+    ]
+    for method, url, kwargs in requests:
         r = h.http.request(method, url, headers=headers, **kwargs)
         assert r.status_code == status, (method, url)
         assert r.json()["error"] == "unauthorized"
