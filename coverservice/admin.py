@@ -35,6 +35,12 @@ from .settings import Settings
 from .storage import Storage
 
 MAX_LIST = 500
+# The page is one self-contained file: it loads nothing from elsewhere and may not be framed.
+_PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'"
+)
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
 
 
@@ -92,7 +98,7 @@ def routes(deps: AdminDeps) -> list[Route]:
 
     async def page(request: Request) -> Response:
         html = resources.files("coverservice").joinpath("static/admin.html").read_text("utf-8")
-        return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+        return HTMLResponse(html, headers={"Cache-Control": "no-store", "Content-Security-Policy": _PAGE_CSP})
 
     async def list_streams(request: Request) -> Response:
         actor(request)
@@ -101,9 +107,22 @@ def routes(deps: AdminDeps) -> list[Route]:
 
         def read() -> list[dict[str, Any]]:
             with transaction(sessions) as session:
-                return [_stream_json(session, s, current(session, s.id), clock()) for s in queries.list_streams(session, limit=limit, after=after)]
+                return [_stream_json(s, current(session, s.id), clock()) for s in queries.list_streams(session, limit=limit, after=after)]
 
         return JSONResponse({"streams": await run_in_threadpool(read)})
+
+    async def show_stream(request: Request) -> Response:
+        actor(request)
+        stream_id = stream_id_of(request)
+
+        def read() -> dict[str, Any]:
+            with transaction(sessions) as session:
+                stream = session.get(Stream, stream_id)
+                if stream is None:
+                    raise AdminError(404, "unknown_stream", "no such stream")
+                return _stream_json(stream, current(session, stream_id), clock())
+
+        return JSONResponse({"stream": await run_in_threadpool(read)})
 
     async def list_frames(request: Request) -> Response:
         actor(request)
@@ -256,6 +275,7 @@ def routes(deps: AdminDeps) -> list[Route]:
     return [
         Route("/admin", page, methods=["GET"]),
         Route("/admin/streams", list_streams, methods=["GET"]),
+        Route("/admin/streams/{stream_id}", show_stream, methods=["GET"]),
         Route("/admin/streams/{stream_id}/frames", list_frames, methods=["GET"]),
         Route("/admin/frames/{frame_id}/thumbnail", thumbnail, methods=["GET"]),
         Route("/admin/frames/{frame_id}/block", block, methods=["POST"]),
@@ -309,7 +329,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _stream_json(session: Session, stream: Stream, cover: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+def _stream_json(stream: Stream, cover: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
     override = None
     if stream.override_cover_id is not None and (stream.override_expires_at is None or stream.override_expires_at > now):
         frame_id = cover["frame_id"] if cover else None

@@ -31,7 +31,8 @@ from .errors import FetchError, PayloadTooLarge, RequestError
 from .fetch import Fetcher, check_url
 from .imaging import FORMATS, SIZES
 from .models import FrameStatus
-from .queries import CoverView, StreamState
+from .ingest import GroupCommitter, IngestOverloaded
+from .queries import CoverView, NewFrame, StreamState
 from .settings import Settings
 from .storage import Storage, storage_from_url
 from .worker import Worker
@@ -77,7 +78,13 @@ def create_app(
         if isinstance(event, IgnoredEvent):
             return JSONResponse({"code": 0})
         try:
-            await run_in_threadpool(_record, event)
+            if isinstance(event, ScreenshotEvent):
+                await ingest.record(_new_frame(event))
+            else:
+                await run_in_threadpool(_record, event)
+        except IngestOverloaded as exc:
+            log.warning("callback for %s shed: %s", event.stream_id, exc)
+            return JSONResponse({"code": -1, "error": "overloaded"}, status_code=503)
         except SQLAlchemyError as exc:
             # Not recorded, so not acknowledged: CSS retries.
             log.error("callback for %s not recorded: %s", event.stream_id, type(exc).__name__)
@@ -86,19 +93,7 @@ def create_app(
             cache.invalidate(event.stream_id)
         return JSONResponse({"code": 0})
 
-    def _record(event: ScreenshotEvent | ModerationEvent | StreamStateEvent) -> None:
-        if isinstance(event, ScreenshotEvent):
-            _record_screenshot(event)
-            return
-        with transaction(sessions) as session:
-            if isinstance(event, StreamStateEvent):
-                queries.set_stream_live(session, event.stream_id, live=event.live, now=clock())
-            elif event.suggestion in settings.moderation_block_suggestions:
-                blocked = queries.record_moderation(session, event, now=clock())
-                queries.audit(session, actor="moderation", action="block", now=clock(), stream_id=event.stream_id,
-                              detail={"img": event.img_path, "suggestion": event.suggestion, "frames": blocked})
-
-    def _record_screenshot(event: ScreenshotEvent) -> None:
+    def _new_frame(event: ScreenshotEvent) -> NewFrame:
         # A URL we would never download is recorded as failed right away, with the
         # reason, rather than refused: the operator sees it and no worker touches it.
         status, reason = FrameStatus.PENDING, ""
@@ -106,15 +101,23 @@ def create_app(
             check_url(event.pic_full_url, settings.fetch_allowed_hosts)
         except FetchError as exc:
             status, reason = FrameStatus.FAILED, f"download refused: {exc}"
+        captured_at = datetime.fromtimestamp(event.create_time, UTC)
+        return NewFrame(event, captured_at, status, reason)
+
+    def _write_frames(frames: list[NewFrame]) -> None:
         with transaction(sessions) as session:
-            queries.record_frame(
-                session,
-                event,
-                now=clock(),
-                captured_at=datetime.fromtimestamp(event.create_time, UTC),
-                status=status,
-                reason=reason,
-            )
+            queries.record_frames(session, frames, now=clock())
+
+    ingest = GroupCommitter(_write_frames)
+
+    def _record(event: ModerationEvent | StreamStateEvent) -> None:
+        with transaction(sessions) as session:
+            if isinstance(event, StreamStateEvent):
+                queries.set_stream_live(session, event.stream_id, live=event.live, now=clock())
+            elif event.suggestion in settings.moderation_block_suggestions:
+                blocked = queries.record_moderation(session, event, now=clock())
+                queries.audit(session, actor="moderation", action="block", now=clock(), stream_id=event.stream_id,
+                              detail={"img": event.img_path, "suggestion": event.suggestion, "frames": blocked})
 
     async def request_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -97,58 +97,73 @@ def _insert(session: Session, model: type[Any]) -> Any:
 # --- ingest ----------------------------------------------------------------------------
 
 
-def record_frame(
-    session: Session,
-    event: ScreenshotEvent,
-    *,
-    now: datetime,
-    captured_at: datetime,
-    status: FrameStatus = FrameStatus.PENDING,
-    reason: str = "",
-) -> int | None:
-    """Store one screenshot callback. Returns the new frame id, or None for a retry of a
-    callback already recorded (same stream and pic_url)."""
-    stream = _insert(session, Stream).values(
-        id=event.stream_id, created_at=now, last_frame_at=captured_at
-    )
+@dataclass(frozen=True)
+class NewFrame:
+    event: ScreenshotEvent
+    captured_at: datetime
+    status: FrameStatus = FrameStatus.PENDING
+    reason: str = ""
+
+
+def record_frames(session: Session, frames: Sequence[NewFrame], *, now: datetime) -> None:
+    """Store screenshot callbacks, many per statement: the API groups concurrent
+    callbacks into one transaction. A CSS retry (same stream and pic_url as a recorded
+    frame) is skipped; a frame a 317 already flagged is born blocked."""
+    if not frames:
+        return
+    latest: dict[str, datetime] = {}
+    for f in frames:
+        latest[f.event.stream_id] = max(f.captured_at, latest.get(f.event.stream_id, f.captured_at))
+    stream = _insert(session, Stream)
     newer = stream.excluded.last_frame_at
-    stream = stream.on_conflict_do_update(
-        index_elements=[Stream.id],
-        set_={
-            "last_frame_at": case(
-                (or_(Stream.last_frame_at.is_(None), Stream.last_frame_at < newer), newer),
-                else_=Stream.last_frame_at,
+    session.execute(
+        stream.on_conflict_do_update(
+            index_elements=[Stream.id],
+            set_={
+                "last_frame_at": case(
+                    (or_(Stream.last_frame_at.is_(None), Stream.last_frame_at < newer), newer),
+                    else_=Stream.last_frame_at,
+                )
+            },
+        ),
+        # Sorted: concurrent batches lock stream rows in one order, so never deadlock.
+        [{"id": sid, "created_at": now, "last_frame_at": at} for sid, at in sorted(latest.items())],
+    )
+    pairs = [(f.event.stream_id, f.event.pic_url) for f in frames]
+    flagged = {
+        (sid, path)
+        for sid, path in session.execute(
+            select(ModerationFlag.stream_id, ModerationFlag.img_path).where(
+                tuple_(ModerationFlag.stream_id, ModerationFlag.img_path).in_(pairs)
             )
-        },
-    )
-    session.execute(stream)
-    frame = (
-        _insert(session, Frame)
-        .values(
-            stream_id=event.stream_id,
-            channel_id=event.channel_id,
-            pic_url=event.pic_url,
-            pic_full_url=event.pic_full_url,
-            captured_at=captured_at,
-            file_size=event.file_size,
-            width=event.width,
-            height=event.height,
-            app=event.app,
-            payload=event.payload,
-            received_at=now,
-            status=status.value,
-            reason=reason,
-            attempts=0,
-            available_at=now,
-            processed_at=None if status is FrameStatus.PENDING else now,
-            # A 317 that arrived before its screenshot: the frame is born blocked.
-            blocked=_flagged(event.stream_id, event.pic_url),
-            blocked_reason=case((_flagged(event.stream_id, event.pic_url), MODERATION_REASON), else_=None),
         )
-        .on_conflict_do_nothing(index_elements=[Frame.stream_id, Frame.pic_url])
-        .returning(Frame.id)
+    }
+    session.execute(
+        _insert(session, Frame).on_conflict_do_nothing(index_elements=[Frame.stream_id, Frame.pic_url]),
+        [
+            {
+                "stream_id": f.event.stream_id,
+                "channel_id": f.event.channel_id,
+                "pic_url": f.event.pic_url,
+                "pic_full_url": f.event.pic_full_url,
+                "captured_at": f.captured_at,
+                "file_size": f.event.file_size,
+                "width": f.event.width,
+                "height": f.event.height,
+                "app": f.event.app,
+                "payload": f.event.payload,
+                "received_at": now,
+                "status": f.status.value,
+                "reason": f.reason,
+                "attempts": 0,
+                "available_at": now,
+                "processed_at": None if f.status is FrameStatus.PENDING else now,
+                "blocked": (f.event.stream_id, f.event.pic_url) in flagged,
+                "blocked_reason": MODERATION_REASON if (f.event.stream_id, f.event.pic_url) in flagged else None,
+            }
+            for f in frames
+        ],
     )
-    return session.execute(frame).scalar_one_or_none()
 
 
 # --- worker: claiming and finishing -------------------------------------------------------
@@ -468,10 +483,6 @@ def clear_override(session: Session, stream_id: str) -> bool:
 
 
 # --- blocking and moderation -------------------------------------------------------------------
-
-
-def _flagged(stream_id: str, pic_url: str) -> Any:
-    return exists().where(ModerationFlag.stream_id == stream_id, ModerationFlag.img_path == pic_url)
 
 
 def block_frame(session: Session, frame_id: int, *, reason: str, now: datetime) -> str | None:

@@ -256,6 +256,9 @@ def test_listings_show_streams_and_frames_with_scores(h: Harness) -> None:
     streams = h.http.get("/admin/streams", headers=AUTH).json()["streams"]
     assert [s["stream_id"] for s in streams] == ["room"]
     assert streams[0]["cover"]["frame_id"] == sharp and streams[0]["override"] is None
+    one = h.http.get("/admin/streams/room", headers=AUTH).json()["stream"]
+    assert one == streams[0]
+    assert h.http.get("/admin/streams/nobody", headers=AUTH).status_code == 404
     frames = h.http.get("/admin/streams/room/frames", headers=AUTH).json()["frames"]
     by_id = {f["id"]: f for f in frames}
     assert by_id[sharp]["is_cover"] and not by_id[soft]["is_cover"]

@@ -29,9 +29,11 @@ def event(stream: str = "room", n: int = 1) -> ScreenshotEvent:
     )
 
 
-def record(sessions: sessionmaker[Session], ev: ScreenshotEvent) -> int | None:
+def record(sessions: sessionmaker[Session], ev: ScreenshotEvent) -> int:
     with transaction(sessions) as s:
-        return queries.record_frame(s, ev, now=NOW, captured_at=NOW - timedelta(seconds=5))
+        queries.record_frames(s, [queries.NewFrame(ev, NOW - timedelta(seconds=5))], now=NOW)
+    with sessions() as s:
+        return s.scalars(select(Frame.id).where(Frame.stream_id == ev.stream_id, Frame.pic_url == ev.pic_url)).one()
 
 
 def claim(sessions: sessionmaker[Session], owner: str, now: datetime = NOW, limit: int = 10) -> list[queries.ClaimedFrame]:
@@ -41,9 +43,8 @@ def claim(sessions: sessionmaker[Session], owner: str, now: datetime = NOW, limi
 
 def test_a_retried_callback_is_recorded_once(sessions: sessionmaker[Session]) -> None:
     first = record(sessions, event(n=1))
-    assert first is not None
-    assert record(sessions, event(n=1)) is None
-    assert record(sessions, event(n=2)) is not None
+    assert record(sessions, event(n=1)) == first
+    assert record(sessions, event(n=2)) != first
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Frame)) == 2
         frame = s.get_one(Frame, first)
@@ -151,3 +152,19 @@ def test_concurrent_claims_skip_locked_rows_instead_of_waiting(postgres_url: str
             b.commit()
     finally:
         engine.dispose()
+
+
+def test_a_batch_with_retries_and_several_frames_of_one_stream(sessions: sessionmaker[Session]) -> None:
+    batch = [queries.NewFrame(event("a", n), NOW - timedelta(seconds=10 - n)) for n in range(4)]
+    batch += [queries.NewFrame(event("a", 1), NOW), queries.NewFrame(event("b", 1), NOW - timedelta(seconds=50))]
+    with transaction(sessions) as s:
+        queries.record_frames(s, batch, now=NOW)
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Frame)) == 5
+        assert s.get_one(Stream, "a").last_frame_at == NOW
+        assert s.get_one(Stream, "b").last_frame_at == NOW - timedelta(seconds=50)
+    # an older frame arriving late does not move last_frame_at back
+    with transaction(sessions) as s:
+        queries.record_frames(s, [queries.NewFrame(event("a", 9), NOW - timedelta(hours=1))], now=NOW)
+    with sessions() as s:
+        assert s.get_one(Stream, "a").last_frame_at == NOW

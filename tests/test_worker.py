@@ -87,11 +87,9 @@ def add_frame(
         pic_full_url=cos.url(path), app=None, payload={},
     )
     with transaction(sessions) as s:
-        frame_id = queries.record_frame(
-            s, event, now=clock.now, captured_at=clock.now - timedelta(seconds=age)
-        )
-    assert frame_id is not None
-    return frame_id
+        queries.record_frames(s, [queries.NewFrame(event, clock.now - timedelta(seconds=age))], now=clock.now)
+    with sessions() as s:
+        return s.scalars(select(Frame.id).where(Frame.pic_url == path)).one()
 
 
 def frame(sessions: sessionmaker[Session], frame_id: int) -> Frame:

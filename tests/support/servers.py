@@ -95,7 +95,11 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
         )
         if self.port is not None:
-            self._wait_healthy()
+            try:
+                self._wait_healthy()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _wait_healthy(self) -> None:
