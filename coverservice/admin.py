@@ -160,6 +160,34 @@ def routes(deps: AdminDeps) -> list[Route]:
 
     # --- overrides -------------------------------------------------------------------------
 
+    def install_override(
+        session: Session,
+        stream_id: str,
+        renditions: list[queries.StoredRendition],
+        frame: Frame | None,
+        expires_at: datetime | None,
+        name: str,
+        action: str,
+        detail: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        cover_id = queries.create_cover(
+            session, stream_id, frame_id=frame.id if frame else None, source=CoverSource.OVERRIDE,
+            score=frame.score if frame else None, captured_at=frame.captured_at if frame else None,
+            renditions=renditions, now=clock(),
+        )
+        queries.set_override(session, stream_id, cover_id=cover_id, expires_at=expires_at)
+        queries.audit(session, actor=name, action=action, now=clock(), stream_id=stream_id,
+                      frame_id=frame.id if frame else None, detail={"cover_id": cover_id, **detail})
+        return current(session, stream_id)
+
+    async def respond_with_cover(stream_id: str, apply: Callable[[], dict[str, Any] | None]) -> Response:
+        try:
+            cover = await run_in_threadpool(apply)
+        except ImageRejected as exc:
+            raise AdminError(422, "image_rejected", str(exc)) from None
+        await changed(stream_id)
+        return JSONResponse({"cover": cover})
+
     async def upload(request: Request) -> Response:
         name = actor(request)
         stream_id = stream_id_of(request)
@@ -169,21 +197,11 @@ def routes(deps: AdminDeps) -> list[Route]:
             renditions = render_and_store(deps.storage, data, max_pixels=settings.max_image_pixels)
             with transaction(sessions) as session:
                 queries.ensure_stream(session, stream_id, now=clock())
-                cover_id = queries.create_cover(
-                    session, stream_id, frame_id=None, source=CoverSource.OVERRIDE, score=None,
-                    captured_at=None, renditions=renditions, now=clock(),
+                return install_override(
+                    session, stream_id, renditions, None, None, name, "upload", {"bytes": len(data)}
                 )
-                queries.set_override(session, stream_id, cover_id=cover_id, expires_at=None)
-                queries.audit(session, actor=name, action="upload", now=clock(), stream_id=stream_id,
-                              detail={"cover_id": cover_id, "bytes": len(data)})
-                return current(session, stream_id)
 
-        try:
-            cover = await run_in_threadpool(apply)
-        except ImageRejected as exc:
-            raise AdminError(422, "image_rejected", str(exc)) from None
-        await changed(stream_id)
-        return JSONResponse({"cover": cover})
+        return await respond_with_cover(stream_id, apply)
 
     async def pin(request: Request) -> Response:
         name = actor(request)
@@ -209,21 +227,12 @@ def routes(deps: AdminDeps) -> list[Route]:
                 # Blocked between the check and now? The block wins.
                 if session.scalar(select(Frame.blocked).where(Frame.id == frame.id)):
                     raise AdminError(409, "frame_blocked", f"frame {body.frame_id} is blocked")
-                cover_id = queries.create_cover(
-                    session, stream_id, frame_id=frame.id, source=CoverSource.OVERRIDE, score=frame.score,
-                    captured_at=frame.captured_at, renditions=renditions, now=clock(),
+                return install_override(
+                    session, stream_id, renditions, frame, expires_at, name, "pin",
+                    {"expires_at": expires_at.isoformat() if expires_at else None},
                 )
-                queries.set_override(session, stream_id, cover_id=cover_id, expires_at=expires_at)
-                queries.audit(session, actor=name, action="pin", now=clock(), stream_id=stream_id, frame_id=frame.id,
-                              detail={"cover_id": cover_id, "expires_at": expires_at.isoformat() if expires_at else None})
-                return current(session, stream_id)
 
-        try:
-            cover = await run_in_threadpool(apply)
-        except ImageRejected as exc:
-            raise AdminError(422, "image_rejected", str(exc)) from None
-        await changed(stream_id)
-        return JSONResponse({"cover": cover})
+        return await respond_with_cover(stream_id, apply)
 
     async def release(request: Request) -> Response:
         name = actor(request)

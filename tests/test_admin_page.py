@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from playwright.sync_api import FilePayload, Locator, Page, expect
 from support.cos_server import CosServer
 from support.images import blurred, encode, scene
+from support.polling import eventually
 from support.servers import ServiceProcess
 
 from coverservice.callbacks import sign
@@ -54,17 +55,6 @@ def service(sqlite_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
         yield proc
 
 
-def eventually(check: Callable[[], T | None], timeout: float = 15.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check.__name__}")
-        time.sleep(0.05)
-
-
 def screenshot_callback(cos: CosServer, path: str, captured: int) -> dict[str, Any]:
     t = int(time.time()) + 600
     return {
@@ -91,7 +81,8 @@ def cover_after(service: ServiceProcess, version: int) -> httpx.Response:
         r = public_cover(service)
         return r if r.status_code == 200 and int(r.headers["x-cover-version"]) > version else None
 
-    return eventually(newer)
+    response: httpx.Response = eventually(newer, timeout=15)
+    return response
 
 
 def card(page: Page, frame_id: int) -> Locator:

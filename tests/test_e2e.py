@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 from support.cos_server import CosServer
 from support.images import blurred, encode, scene, scene_jpeg
+from support.polling import eventually
 from support.servers import ServiceProcess
 
 from coverservice.callbacks import sign
@@ -90,17 +91,6 @@ def frames(database_url: str) -> list[Frame]:
         engine.dispose()
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
 def settled(database_url: str, count: int) -> list[Frame] | None:
     rows = frames(database_url)
     done = [f for f in rows if f.status not in ("pending", "processing")]
@@ -117,9 +107,9 @@ def test_signed_screenshots_become_a_cover_served_with_cache_headers(
         response = post(service, callback(cos, "room", path))
         assert response.status_code == 200 and response.json() == {"code": 0}
 
-    rows = wait_for(lambda: settled(database_url, 2))
+    rows = eventually(lambda: settled(database_url, 2))
     sharp_id = next(f.id for f in rows if f.pic_url == "/room/sharp.jpg")
-    meta = wait_for(lambda: (r := httpx.get(f"{service.base_url}/api/covers/room")).status_code == 200
+    meta = eventually(lambda: (r := httpx.get(f"{service.base_url}/api/covers/room")).status_code == 200
                     and r.json()["cover"]["frame_id"] == sharp_id and r.json())
     cover = meta["cover"]
     assert cover["source"] == "auto" and cover["score"] > 0
@@ -164,10 +154,10 @@ def test_a_new_better_frame_changes_the_served_cover(service: ServiceProcess, co
     base = scene(1280, 720, seed=12)
     cos.put("/r2/1.jpg", encode(blurred(base, 5)))
     post(service, callback(cos, "r2", "/r2/1.jpg"))
-    first = wait_for(lambda: (r := httpx.get(f"{service.base_url}/cover/r2?format=jpeg")).status_code == 200 and r)
+    first = eventually(lambda: (r := httpx.get(f"{service.base_url}/cover/r2?format=jpeg")).status_code == 200 and r)
     cos.put("/r2/2.jpg", encode(base))
     post(service, callback(cos, "r2", "/r2/2.jpg"))
-    second = wait_for(
+    second = eventually(
         lambda: (r := httpx.get(f"{service.base_url}/cover/r2?format=jpeg")).headers.get("etag") != first.headers["etag"] and r
     )
     assert int(second.headers["x-cover-version"]) > int(first.headers["x-cover-version"])
@@ -220,7 +210,7 @@ def test_retries_and_unknown_events(service: ServiceProcess, cos: CosServer, dat
     assert post(service, retry).json() == {"code": 0}
     t = int(time.time()) + 600
     assert post(service, {"event_type": 100, "t": t, "sign": sign(KEY, t)}).json() == {"code": 0}
-    rows = wait_for(lambda: settled(database_url, 1))
+    rows = eventually(lambda: settled(database_url, 1))
     assert len(rows) == 1
     assert cos.requests["/r4/1.jpg"] == 1
 
@@ -243,7 +233,7 @@ def test_bad_downloads_end_in_a_state_with_a_reason(service: ServiceProcess, cos
     cos.put("/r6/cut.jpg", scene_jpeg(1280, 720)[:5000])
     for path in ("/r6/huge.jpg", "/r6/page.jpg", "/r6/cut.jpg"):
         assert post(service, callback(cos, "r6", path)).status_code == 200
-    rows = {f.pic_url: f for f in wait_for(lambda: settled(database_url, 3))}
+    rows = {f.pic_url: f for f in eventually(lambda: settled(database_url, 3))}
     assert rows["/r6/huge.jpg"].status == "failed" and "larger than" in rows["/r6/huge.jpg"].reason
     assert rows["/r6/page.jpg"].status == "rejected" and "not an image" in rows["/r6/page.jpg"].reason
     assert rows["/r6/cut.jpg"].status == "rejected" and "truncated" in rows["/r6/cut.jpg"].reason
@@ -257,7 +247,7 @@ def test_covers_in_s3_through_a_real_endpoint(
     with ServiceProcess.serve(env, log_path=tmp_path / "serve.log") as service:
         cos.put("/s3/1.jpg", scene_jpeg(1280, 720))
         post(service, callback(cos, "s3room", "/s3/1.jpg"))
-        r = wait_for(lambda: (r := httpx.get(f"{service.base_url}/cover/s3room?size=large&format=jpeg")).status_code == 200 and r)
+        r = eventually(lambda: (r := httpx.get(f"{service.base_url}/cover/s3room?size=large&format=jpeg")).status_code == 200 and r)
         assert Image.open(io.BytesIO(r.content)).size == (1280, 720)
         keys = s3_storage.client.list_objects_v2(Bucket=s3_storage.bucket)["Contents"]
         assert len(keys) == 6 and all(k["Key"].startswith("covers/renditions/") for k in keys)
@@ -280,7 +270,7 @@ def test_two_workers_share_the_work_and_process_each_frame_once(
         for w in workers:
             w.start()
         try:
-            rows = wait_for(lambda: settled(postgres_url, len(paths)), timeout=120)
+            rows = eventually(lambda: settled(postgres_url, len(paths)), timeout=120)
         finally:
             for w in workers:
                 assert w.stop() == 0, w.log()
@@ -330,7 +320,7 @@ def test_a_block_reaches_every_api_process_at_once(postgres_url: str, cos: CosSe
             ServiceProcess.serve(env, log_path=tmp_path / "b.log", worker=False) as b:
         cos.put("/x/1.jpg", scene_jpeg(1280, 720))
         post(a, callback(cos, "xroom", "/x/1.jpg"))
-        wait_for(lambda: httpx.get(f"{a.base_url}/cover/xroom").status_code == 200)
+        eventually(lambda: httpx.get(f"{a.base_url}/cover/xroom").status_code == 200)
         cached = httpx.get(f"{b.base_url}/cover/xroom?format=jpeg")
         assert cached.status_code == 200
         t = int(time.time()) + 600
@@ -338,5 +328,5 @@ def test_a_block_reaches_every_api_process_at_once(postgres_url: str, cos: CosSe
                 "t": t, "sign": sign(KEY, t)}
         assert post(a, flag).json() == {"code": 0}
         started = time.monotonic()
-        wait_for(lambda: httpx.get(f"{b.base_url}/cover/xroom?format=jpeg").status_code == 404, timeout=5)
+        eventually(lambda: httpx.get(f"{b.base_url}/cover/xroom?format=jpeg").status_code == 404, timeout=5)
         assert time.monotonic() - started < 5
