@@ -79,6 +79,7 @@ class SelectionInputs:
     candidates: list[Candidate]  # scored, unblocked frames since the window start
     current: Candidate | None  # the automatic cover, if it is a frame
     current_cover_id: int | None
+    current_since: datetime | None  # when the automatic cover was installed
     live: bool
     live_changed_at: datetime | None
 
@@ -307,17 +308,20 @@ def selection_inputs(session: Session, stream_id: str, *, since: datetime) -> Se
     ).all()
     candidates = [Candidate(r[0], r[1] or 0.0, r[2]) for r in rows]
     row = session.execute(
-        select(Stream.cover_id, Stream.live, Stream.live_changed_at, Cover.frame_id, Cover.score, Cover.captured_at)
+        select(
+            Stream.cover_id, Stream.live, Stream.live_changed_at,
+            Cover.frame_id, Cover.score, Cover.captured_at, Cover.created_at,
+        )
         .outerjoin(Cover, Cover.id == Stream.cover_id)
         .where(Stream.id == stream_id)
     ).one_or_none()
     if row is None:
-        return SelectionInputs(candidates, None, None, False, None)
-    cover_id, live, live_changed_at, frame_id, score, captured_at = row
+        return SelectionInputs(candidates, None, None, None, False, None)
+    cover_id, live, live_changed_at, frame_id, score, captured_at, created_at = row
     current = None
     if frame_id is not None and score is not None and captured_at is not None:
         current = Candidate(frame_id, score, captured_at)
-    return SelectionInputs(candidates, current, cover_id, live, live_changed_at)
+    return SelectionInputs(candidates, current, cover_id, created_at, live, live_changed_at)
 
 
 def frame_source(session: Session, frame_id: int) -> tuple[str, float | None, datetime]:

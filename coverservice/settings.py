@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     selection_window: float = Field(default=600.0, gt=0)
     # A challenger must beat the current cover's score by this fraction to replace it.
     selection_hysteresis: float = Field(default=0.10, ge=0)
+    # Rendering a cover costs ~100× scoring a frame: a stream's cover changes for a better
+    # frame at most this often (stale, blocked or missing covers are replaced at once).
+    cover_min_interval: float = Field(default=15.0, ge=0)
 
     # --- moderation and lifecycle --------------------------------------------------------
     # CSS 317 suggestions that block a frame; add "Review" to block on review as well.

@@ -221,7 +221,7 @@ class Worker:
                 window=self._window,
                 hysteresis=self.settings.selection_hysteresis,
             )
-            if decision.frame_id is None:
+            if decision.frame_id is None or self._too_soon(inputs, current, now):
                 return _UNFINISHED
             winner = self._winner_source(stream_id, new, decision.frame_id)
             if winner is None:
@@ -260,6 +260,15 @@ class Worker:
             return _DONE
         # Other workers kept changing this stream's cover; theirs will see this frame.
         return _UNFINISHED
+
+    def _too_soon(self, inputs: queries.SelectionInputs, current: Candidate | None, now: datetime) -> bool:
+        """A fresh current cover is replaced by a better frame at most once per
+        cover_min_interval. The better frame is not lost: the stream's next frame after
+        the interval reselects over the whole window."""
+        if current is None or inputs.current_since is None:
+            return False
+        fresh = current.captured_at >= now - self._window
+        return fresh and (now - inputs.current_since).total_seconds() < self.settings.cover_min_interval
 
     def _winner_source(
         self, stream_id: str, new: tuple[ClaimedFrame, _Scored] | None, winner_id: int

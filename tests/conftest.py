@@ -109,6 +109,7 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "fetch_timeout": 3.0,
             "worker_retry_base": 0.0,
             "worker_retry_max": 0.0,
+            "cover_min_interval": 0.0,
         }
         values.update(overrides)
         return Settings(**values)

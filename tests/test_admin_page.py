@@ -44,6 +44,7 @@ def serve(sqlite_url: str, tmp_path: Path, **extra: str) -> ServiceProcess:
         "COVERSERVICE_FETCH_ALLOW_PRIVATE": "true",
         "COVERSERVICE_WORKER_POLL_INTERVAL": "0.05",
         "COVERSERVICE_COVER_CACHE_TTL": "0.2",
+        "COVERSERVICE_COVER_MIN_INTERVAL": "0",
         **extra,
     }
     return ServiceProcess.serve(env, log_path=tmp_path / "serve.log")

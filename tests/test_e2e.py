@@ -45,6 +45,7 @@ def service_env(database_url: str, storage_url: str, **extra: str) -> dict[str, 
         "COVERSERVICE_WORKER_POLL_INTERVAL": "0.05",
         "COVERSERVICE_COVER_CACHE_TTL": "0.2",
         "COVERSERVICE_FETCH_MAX_BYTES": "3000000",
+        "COVERSERVICE_COVER_MIN_INTERVAL": "0",
         **extra,
     }
 

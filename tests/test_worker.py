@@ -282,3 +282,24 @@ def test_a_worker_that_died_mid_frame_is_replaced_after_the_lease(
     with sessions() as s:
         assert s.get_one(Stream, "room").cover_id is not None
     assert claimed.id == frame_id
+
+
+def test_cover_changes_are_bounded_per_stream_but_better_frames_are_not_lost(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], storage: FileStorage,
+    cos: CosServer, clock: Clock,
+) -> None:
+    settings = make_settings(cover_min_interval=60.0)
+    with Fetcher.from_settings(settings) as fetcher:
+        worker = Worker(settings, session_factory=sessions, storage=storage, fetch=fetcher.fetch, clock=clock)
+        base = scene(1280, 720, seed=9)
+        soft = add_frame(sessions, cos, clock, "/room/soft.jpg", encode(blurred(base, 4)))
+        worker.drain()
+        sharp = add_frame(sessions, cos, clock, "/room/sharp.jpg", encode(base))
+        worker.drain()
+        view = current_cover(sessions)
+        assert view is not None and view.frame_id == soft  # too soon to render again
+        clock.advance(61)
+        add_frame(sessions, cos, clock, "/room/later.jpg", encode(blurred(base, 5)))
+        worker.drain()
+        view = current_cover(sessions)
+        assert view is not None and view.frame_id == sharp
