@@ -31,7 +31,15 @@ SECRET_PARAMS = frozenset({"txsecret", "secret", "sign", "token"})
 _DIGITS = re.compile(r"[0-9]{1,12}")
 
 StreamName = Annotated[StrictStr, Field(pattern=STREAM_ID_PATTERN)]
-Count = Annotated[StrictInt, Field(ge=0)]
+# Bounded to what the columns hold (and a bigint): a value the database refuses would fail
+# the whole batch of callbacks it is written with.
+Count = Annotated[StrictInt, Field(ge=0, lt=2**62)]
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+Name = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=_PRINTABLE)]
+Path = Annotated[StrictStr, Field(min_length=1, max_length=1024, pattern=_PRINTABLE)]
+Url = Annotated[StrictStr, Field(min_length=1, max_length=2048, pattern=_PRINTABLE)]
+Word = Annotated[StrictStr, Field(min_length=1, max_length=32, pattern=_PRINTABLE)]
 
 
 class _ScreenshotPayload(BaseModel):
@@ -39,14 +47,14 @@ class _ScreenshotPayload(BaseModel):
 
     event_type: Literal[200]
     stream_id: StreamName
-    channel_id: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    channel_id: Name
     create_time: Annotated[StrictInt, Field(gt=0, lt=2**40)]
     file_size: Count
     width: Annotated[StrictInt, Field(gt=0, le=65535)]
     height: Annotated[StrictInt, Field(gt=0, le=65535)]
-    pic_url: Annotated[StrictStr, Field(min_length=1, max_length=1024)]
-    pic_full_url: Annotated[StrictStr, Field(min_length=1, max_length=2048)]
-    app: StrictStr | None = None
+    pic_url: Path
+    pic_full_url: Url
+    app: Name | None = None
 
 
 class _ModerationPayload(BaseModel):
@@ -54,8 +62,8 @@ class _ModerationPayload(BaseModel):
 
     event_type: Literal[317]
     streamId: StreamName  # noqa: N815  (CSS's field name)
-    img: Annotated[StrictStr, Field(min_length=1, max_length=2048)]
-    suggestion: Annotated[StrictStr, Field(min_length=1, max_length=32)]
+    img: Url
+    suggestion: Word
 
 
 class _StreamStatePayload(BaseModel):

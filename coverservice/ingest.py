@@ -48,10 +48,27 @@ class GroupCommitter:
             try:
                 await run_in_threadpool(self._write, [frame for frame, _ in batch])
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():  # a client that went away cancelled its wait
-                        future.set_exception(exc)
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc)
+                    continue
+                # One bad row must not fail its neighbours: retry them one by one (a
+                # database that is down fails each of them quickly anyway).
+                for item in batch:
+                    try:
+                        await run_in_threadpool(self._write, [item[0]])
+                    except Exception as single:
+                        _settle(item[1], single)
+                    else:
+                        _settle(item[1], None)
             else:
                 for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                    _settle(future, None)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # a client that went away cancelled its wait
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

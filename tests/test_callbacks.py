@@ -196,3 +196,19 @@ def test_malformed_moderation_and_push_events(payload: dict[str, Any], field: st
     with pytest.raises(InvalidPayload) as info:
         parse(signed(payload))
     assert info.value.problems[0]["field"] == field
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"pic_url": "/a\x00b.jpg"}, "pic_url"),
+        ({"channel_id": "x" * 201}, "channel_id"),
+        ({"app": "a" * 201}, "app"),
+        ({"file_size": 2**63}, "file_size"),
+        ({"pic_full_url": "http://h/\n"}, "pic_full_url"),
+    ],
+)
+def test_values_the_database_would_refuse_are_a_400(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        parse(screenshot(**changes))
+    assert [p["field"] for p in info.value.problems] == [field]

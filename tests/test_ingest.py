@@ -118,3 +118,21 @@ def test_batches_respect_the_maximum(batch: int) -> None:
 
     asyncio.run(run())
     assert sum(sizes) == 10 and max(sizes) <= batch
+
+
+def test_one_bad_row_does_not_fail_its_batch() -> None:
+    written: list[str] = []
+
+    def write(frames: list[NewFrame]) -> None:
+        time.sleep(0.01)
+        if any(f.event.pic_url == "/3.jpg" for f in frames):
+            raise ValueError("the database refused a row")
+        written.extend(f.event.pic_url for f in frames)
+
+    async def run() -> list[BaseException | None]:
+        committer = GroupCommitter(write)
+        return list(await asyncio.gather(*(committer.record(new_frame(i)) for i in range(6)), return_exceptions=True))
+
+    results = asyncio.run(run())
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 3 + ["ValueError"] + ["NoneType"] * 2
+    assert sorted(written) == sorted(f"/{i}.jpg" for i in range(6) if i != 3)
