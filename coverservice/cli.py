@@ -1,4 +1,4 @@
-"""Command line: ``coverservice serve | worker | migrate``."""
+"""Command line: ``coverservice serve | worker | migrate | bench | score | bench-quality``."""
 
 from __future__ import annotations
 
@@ -85,6 +85,119 @@ def migrate() -> None:
     settings = _settings()
     db.upgrade(db.make_engine(settings.database_url))
     click.echo("database schema is up to date")
+
+
+@main.command()
+@click.option("--duration", type=click.FloatRange(min=0.1), help="Seconds of each throughput window (default 10).")
+@click.option("--concurrency", type=click.IntRange(1, 1024), help="Client connections (default 32).")
+@click.option("--frames", type=click.IntRange(10), help="Frames through one worker for the memory row (default 10000).")
+@click.option("--database-url", help="postgresql://... : a scratch database on that server, dropped at the end "
+              "(needed for the workers row). Default: a fresh SQLite file in a temporary directory.")
+@click.option("--tiny", is_flag=True, help="A seconds-long run that checks the benchmark itself, not the machine.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+def bench(duration: float | None, concurrency: int | None, frames: int | None,
+          database_url: str | None, tiny: bool, as_json: bool) -> None:
+    """Measure scoring, ingest, cover GET, freshness, worker scaling and worker memory,
+    each against a baseline from the same run. Progress on stderr, report on stdout."""
+    import time
+    from dataclasses import replace
+
+    from . import bench as benchmark
+
+    config = replace(benchmark.TINY if tiny else benchmark.Config(), database_url=database_url)
+    if duration is not None:
+        config = replace(config, duration=duration)
+    if concurrency is not None:
+        config = replace(config, concurrency=concurrency)
+    if frames is not None:
+        config = replace(config, frames=frames)
+    try:
+        started = time.monotonic()
+        report = benchmark.run(
+            config, progress=lambda line: click.echo(f"bench {time.monotonic() - started:6.1f}s  {line}", err=True)
+        )
+    except benchmark.BenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(benchmark.to_json(report) if as_json else benchmark.format_table(report))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--max-pixels", default=Settings.model_fields["max_image_pixels"].default,
+              show_default=True, type=click.IntRange(1), help="Decode cap, as COVERSERVICE_MAX_IMAGE_PIXELS.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, then the pick.")
+def score(files: tuple[str, ...], max_pixels: int, as_json: bool) -> None:
+    """Score screenshots as the worker does: each file's metrics, score and verdict, and
+    the one selection would pick as a stream's cover."""
+    import json
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+
+    from . import imaging, scoring
+    from .errors import ImageRejected
+    from .selection import Candidate, choose_cover
+
+    now = datetime.now(UTC)
+    candidates = []
+    for index, name in enumerate(files):
+        try:
+            result = scoring.score_luma(imaging.decode_luma(Path(name).read_bytes(), max_pixels=max_pixels))
+        except ImageRejected as exc:
+            click.echo(json.dumps({"file": name, "rejected": True, "reason": str(exc)}) if as_json
+                       else f"{name}: rejected: {exc}")
+            continue
+        if not result.rejected:
+            candidates.append(Candidate(index, result.score, now))
+        if as_json:
+            click.echo(json.dumps({"file": name, "rejected": result.rejected, "reason": result.reason,
+                                   "metrics": result.metrics()}))
+            continue
+        verdict = f"rejected: {result.reason}" if result.rejected else result.reason
+        click.echo(f"{name}: score {result.score:.3f}, {verdict}")
+        metrics = result.metrics()
+        del metrics["score"]
+        click.echo("  " + "  ".join(f"{key} {value:.3g}" for key, value in metrics.items()))
+    # Screenshots of one moment: ties go to the later file, as selection prefers newer frames.
+    decision = choose_cover(candidates, None, now=now, window=timedelta(minutes=10), hysteresis=0.0)
+    pick = None if decision.frame_id is None else files[decision.frame_id]
+    if as_json:
+        click.echo(json.dumps({"pick": pick}))
+    else:
+        click.echo(f"would pick: {pick}" if pick else "would pick: none (no usable frame)")
+
+
+@main.command("bench-quality")
+@click.option("--tiny", is_flag=True, help="Synthetic scenes, one window each: checks the benchmark, not the scorer.")
+@click.option("--scenes", help="Comma-separated scenes (default: every photograph and synthetic scene).")
+@click.option("--windows", type=click.IntRange(1), help="Windows per scene and size (default 8).")
+@click.option("--no-speed", is_flag=True, help="Skip the speed measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead of tables.")
+def bench_quality(tiny: bool, scenes: str | None, windows: int | None, no_speed: bool, as_json: bool) -> None:
+    """Does the scorer pick the frame a person would pick? Clean frames against degraded
+    ones from real photographs, beside a variance-of-Laplacian baseline, and the speed of
+    bytes → scores against Pillow's draft decode. Needs the bench extra for photographs."""
+    import json
+    import time
+    from dataclasses import replace
+
+    from . import quality_bench
+
+    config = quality_bench.TINY if tiny else quality_bench.Config()
+    if scenes:
+        config = replace(config, scenes=tuple(s.strip() for s in scenes.split(",") if s.strip()))
+    if windows is not None:
+        config = replace(config, windows=windows)
+    if no_speed:
+        config = replace(config, speed_frames=0)
+    started = time.monotonic()
+    try:
+        result = quality_bench.run(
+            config,
+            progress=lambda line: click.echo(f"bench-quality {time.monotonic() - started:6.1f}s  {line}", err=True),
+        )
+    except quality_bench.BenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(quality_bench.to_dict(result), indent=2) if as_json else quality_bench.report(result))
 
 
 if __name__ == "__main__":

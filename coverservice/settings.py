@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     selection_window: float = Field(default=600.0, gt=0)
     # A challenger must beat the current cover's score by this fraction to replace it.
     selection_hysteresis: float = Field(default=0.10, ge=0)
+    # A frame counts at its full score for selection_freshness seconds, then its value
+    # halves every selection_half_life seconds, so covers follow the stream (selection.py).
+    selection_freshness: float = Field(default=120.0, ge=0)
+    selection_half_life: float = Field(default=60.0, gt=0)
     # Rendering a cover costs ~100× scoring a frame: a stream's cover changes for a better
     # frame at most this often (stale, blocked or missing covers are replaced at once).
     cover_min_interval: float = Field(default=15.0, ge=0)

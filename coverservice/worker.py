@@ -105,7 +105,7 @@ class Worker:
             # The lease was taken for the whole batch; renew it per frame so slow
             # downloads early in a batch cannot expire the frames queued behind them.
             with transaction(self._sessions) as session:
-                owned = queries.extend_lease(session, frame, until=self._clock() + self._lease)
+                owned = queries.start_frame(session, frame, until=self._clock() + self._lease)
             if owned:
                 self.process(frame)
         with transaction(self._sessions) as session:
@@ -220,6 +220,8 @@ class Worker:
                 now=now,
                 window=self._window,
                 hysteresis=self.settings.selection_hysteresis,
+                freshness=timedelta(seconds=self.settings.selection_freshness),
+                half_life=timedelta(seconds=self.settings.selection_half_life),
             )
             if decision.frame_id is None or self._too_soon(inputs, current, now):
                 return _UNFINISHED

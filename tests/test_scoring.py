@@ -1,16 +1,31 @@
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from click.testing import CliRunner
 from PIL import Image
-from support.images import black, blown_out, blurred, darkened, encode, flat, noisy, scene, white
+from support.images import (
+    black,
+    blown_out,
+    blurred,
+    darkened,
+    degraded,
+    encode,
+    flat,
+    noisy,
+    scene,
+    white,
+)
 
 from coverservice import imaging, scoring
+from coverservice.cli import main
 
 CAP = 16_777_216
 SIZES = [(1280, 720), (640, 360), (360, 640)]
@@ -24,6 +39,9 @@ def scores_of(img: Image.Image, fmt: str = "JPEG") -> scoring.Scores:
     return scoring.score_luma(luma_of(img, fmt))
 
 
+# --- sharpness -------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("size", SIZES, ids=["720p", "360p", "portrait"])
 def test_sharper_beats_blurred(size: tuple[int, int]) -> None:
     img = scene(*size)
@@ -34,7 +52,7 @@ def test_sharper_beats_blurred(size: tuple[int, int]) -> None:
     assert score == sorted(score, reverse=True)
     assert len(set(score)) == len(score)
     assert results[0].reason == "sharp, well exposed"
-    assert results[-1].reason == "blurry, well exposed"
+    assert results[-1].reason.startswith("blurry, ")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -54,6 +72,148 @@ def test_sharpness_does_not_depend_on_the_source_format() -> None:
     img = scene(1280, 720)
     values = [scores_of(img, fmt).sharpness for fmt in ("JPEG", "PNG", "WEBP")]
     assert max(values) - min(values) < 0.02, values
+
+
+def test_small_sources_score_as_soft() -> None:
+    # A 160×90 screenshot has half the detail the analysis grid holds: brought up to it, it
+    # must not look as sharp as the same picture at full detail.
+    small = scores_of(scene(160, 90))
+    full = scores_of(scene(640, 360))
+    assert small.sharpness < full.sharpness - 0.1
+
+
+# --- noise and blocks: each lowers the score, neither passes for detail -------------------
+
+
+def test_noise_is_measured_and_costs_score_but_not_sharpness() -> None:
+    img = scene(1280, 720)
+    results = [scores_of(img)] + [scores_of(noisy(img, sigma)) for sigma in (10, 20, 40)]
+    noise = [s.noise for s in results]
+    assert noise == sorted(noise) and noise[0] < scoring.NOISE_FREE < noise[1]
+    assert [s.score for s in results] == sorted((s.score for s in results), reverse=True)
+    # The Laplacian's noise energy is taken out: grain does not pass for focus.
+    assert all(abs(s.sharpness - results[0].sharpness) < 0.02 for s in results)
+    assert results[0].noise_factor == 1.0
+    assert results[-1].reason == "sharp, well exposed, noisy"
+
+
+def test_noise_estimate_ignores_picture_texture() -> None:
+    # A textured clean frame (the scene's bottom third is random cells) is not noisy.
+    assert scores_of(scene(1280, 720)).noise < 0.5 * scoring.NOISE_FREE
+
+
+def recompressed(img: Image.Image, quality: int) -> Image.Image:
+    """A low-bitrate encode, decoded: what a screenshot of a starved stream holds."""
+    return Image.open(io.BytesIO(encode(img, quality=quality))).convert("RGB")
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (960, 540), (640, 360)], ids=["720p", "540p", "360p"])
+def test_block_artefacts_are_measured_and_cost_score(size: tuple[int, int]) -> None:
+    img = scene(*size)
+    clean = scores_of(img)
+    blocky = [scores_of(recompressed(img, q)) for q in (15, 5)]
+    assert clean.block_factor > 0.9  # a clean JPEG shows a little of its own grid
+    assert clean.blockiness < blocky[0].blockiness < blocky[1].blockiness
+    assert clean.score > blocky[0].score > blocky[1].score
+    assert blocky[1].reason.endswith(", blocky")
+
+
+def test_blockiness_needs_the_grid_in_both_directions() -> None:
+    # Vertical stripes one block apart are picture, not artefacts.
+    luma = np.full((180, 320), 100, np.uint8)
+    luma[:, ::8] = 180
+    luma += np.random.default_rng(0).integers(0, 3, luma.shape, dtype=np.uint8)
+    assert scoring.score_luma(luma).block_factor == 1.0
+
+
+# --- exposure ----------------------------------------------------------------------------
+
+
+def test_dim_frame_with_visible_content_is_not_rejected() -> None:
+    result = scores_of(darkened(scene(1280, 720), 0.3))
+    assert not result.rejected
+    assert result.reason == "sharp, dark"
+
+
+def test_bad_exposure_scores_lower() -> None:
+    img = scene(1280, 720)
+    good = scores_of(img)
+    dark = scores_of(darkened(img))
+    blown = scores_of(blown_out(img))
+    assert not dark.rejected and not blown.rejected
+    assert dark.score < 0.7 * good.score
+    assert blown.score < 0.7 * good.score
+    assert blown.bright_clip > 0.3
+    assert dark.white_level < scoring.WHITE_REACH < good.white_level
+    assert blown.reason == "sharp, overexposed"
+    # Exposure, not focus, is what marks them down.
+    assert dark.sharpness == pytest.approx(good.sharpness, abs=0.03)
+    assert blown.sharpness == pytest.approx(good.sharpness, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    ("family", "strengths", "figure", "direction"),
+    [
+        ("haze", (0.3, 0.5, 0.7), "black_level", +1),
+        ("under", (0.4, 0.2, 0.1), "white_level", -1),
+        ("over", (2.0, 3.0, 5.0), "bright_clip", +1),
+    ],
+)
+def test_each_exposure_fault_moves_its_figure_and_the_score(
+    family: str, strengths: tuple[float, ...], figure: str, direction: int
+) -> None:
+    img = scene(1280, 720)
+    results = [scores_of(img)] + [scores_of(degraded(img, family, s)) for s in strengths]
+    values = [getattr(s, figure) for s in results]
+    assert values == sorted(values, reverse=direction < 0)
+    exposure = [s.exposure for s in results]
+    assert exposure == sorted(exposure, reverse=True) and exposure[0] > exposure[1]
+    assert [s.score for s in results] == sorted((s.score for s in results), reverse=True)
+
+
+def test_a_low_key_scene_is_not_marked_down_for_being_dark() -> None:
+    # Night, a stage: dark overall, but the highlights reach white. Only clipping and
+    # dim highlights cost exposure, not a mean far below mid-grey.
+    luma = luma_of(scene(1280, 720))
+    low_key = (255 * (luma / luma.max()) ** 2.5).astype(np.uint8)
+    result = scoring.score_luma(low_key)
+    assert not result.rejected
+    assert result.brightness < 0.6 * float(luma.mean())
+    assert result.white_level > scoring.WHITE_REACH
+    assert result.exposure > 0.9
+
+
+def test_exposure_figures_from_a_known_histogram() -> None:
+    # Every row alike, so any sample of rows sees the same histogram.
+    row = np.full(100, 128, np.uint8)
+    row[:10] = 5  # 10% crushed (5 counts as crushed)...
+    row[10:20] = 6  # ...6 does not
+    row[20:25] = 250  # 5% blown (250 counts as blown)...
+    row[25:35] = 249  # ...249 does not
+    luma = np.tile(row, (40, 1))
+    result = scoring.score_luma(luma)
+    assert result.dark_clip == pytest.approx(0.10)
+    assert result.bright_clip == pytest.approx(0.05)
+    assert result.black_level == 5.0 and result.white_level == 250.0
+    assert result.brightness == pytest.approx(float(luma.mean()))
+    assert result.contrast == pytest.approx(float(luma.std()))
+
+
+def test_clipping_costs_exposure_at_equal_brightness() -> None:
+    def frame(low: int, high: int) -> npt.NDArray[np.uint8]:
+        luma = np.full((180, 320), 128, np.uint8)
+        luma[:, :64], luma[:, -64:] = low, high  # 20% each, mean stays 128
+        return luma
+
+    clipped = scoring.score_luma(frame(1, 255))
+    held = scoring.score_luma(frame(40, 216))
+    assert clipped.brightness == held.brightness == 128.0
+    assert clipped.dark_clip == clipped.bright_clip == pytest.approx(0.2)
+    assert clipped.exposure < 0.7 * held.exposure
+    assert held.exposure == pytest.approx(1.0)
+
+
+# --- rejections ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", SIZES, ids=["720p", "360p", "portrait"])
@@ -88,32 +248,38 @@ def test_nearly_flat_frame_with_noise_is_still_flat() -> None:
     assert result.reason.startswith("flat frame")
 
 
-def test_dim_frame_with_visible_content_is_not_rejected() -> None:
-    result = scores_of(darkened(scene(1280, 720), 0.3))
-    assert not result.rejected
-    assert result.reason == "sharp, dark"
+@pytest.mark.parametrize(
+    ("family", "kind", "reason"),
+    [
+        ("testcard", "smpte", "test card ("),
+        ("testcard", "ebu", "test card ("),
+        ("testcard", "nosignal", "uniform frame ("),
+        ("testcard", "offline", "uniform frame ("),
+        ("black", "logo", "black frame ("),
+        ("flat", "ramp", "featureless frame ("),
+        ("flat", "vignette", "featureless frame ("),
+    ],
+)
+@pytest.mark.parametrize("size", [(1280, 720), (360, 640)], ids=["720p", "portrait"])
+def test_no_picture_is_rejected_with_a_reason(
+    family: str, kind: str, reason: str, size: tuple[int, int]
+) -> None:
+    result = scores_of(degraded(scene(*size), family, kind=kind))
+    assert result.rejected and result.score == 0.0
+    assert result.reason.startswith(reason), result.reason
 
 
-def test_bad_exposure_scores_lower() -> None:
-    img = scene(1280, 720)
-    good = scores_of(img)
-    dark = scores_of(darkened(img))
-    blown = scores_of(blown_out(img))
-    assert not dark.rejected and not blown.rejected
-    assert dark.score < 0.7 * good.score
-    assert blown.score < 0.7 * good.score
-    assert blown.bright_clip > 0.3
-    assert dark.brightness < 60 < good.brightness
-    assert blown.reason == "sharp, overexposed"
-    # Exposure, not focus, is what marks them down.
-    assert dark.sharpness == pytest.approx(good.sharpness, abs=0.03)
-    assert blown.sharpness == pytest.approx(good.sharpness, abs=0.03)
+@pytest.mark.parametrize("size", SIZES + [(960, 540), (160, 90)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pictures_are_not_rejected(size: tuple[int, int], seed: int) -> None:
+    soft = blurred(scene(*size, seed=seed), 4 * min(size) / 720)  # visibly out of focus
+    for img in (scene(*size, seed=seed), soft):
+        result = scores_of(img)
+        assert not result.rejected, result.reason
+        assert result.score > 0.0
 
 
-def test_score_is_sharpness_times_exposure() -> None:
-    result = scores_of(scene(1280, 720))
-    assert result.score == pytest.approx(result.sharpness * result.exposure)
-    assert 0.0 < result.exposure <= 1.0
+# --- the interface -----------------------------------------------------------------------
 
 
 def _extremes() -> dict[str, npt.NDArray[np.uint8]]:
@@ -130,7 +296,9 @@ def _extremes() -> dict[str, npt.NDArray[np.uint8]]:
         "half and half": half,
         "ramp": np.tile(np.linspace(0, 255, 320).astype(np.uint8), (180, 1)),
         "zeros": np.zeros((180, 320), np.uint8),
-        "tiny": np.array([[0, 255, 0], [255, 0, 255], [0, 255, 0]], np.uint8),
+        "smallest": rng.integers(0, 256, (8, 8), dtype=np.uint8),
+        "thin": rng.integers(0, 256, (8, 700), dtype=np.uint8),
+        "tall": rng.integers(0, 256, (700, 8), dtype=np.uint8),
     }
 
 
@@ -138,66 +306,31 @@ def _extremes() -> dict[str, npt.NDArray[np.uint8]]:
 def test_scores_stay_in_range(name: str) -> None:
     result = scoring.score_luma(_extremes()[name])
     assert 0.0 <= result.score <= 1.0
-    assert 0.0 <= result.sharpness <= 1.0
-    assert 0.0 <= result.brightness <= 255.0
-    assert 0.0 <= result.dark_clip <= 1.0
-    assert 0.0 <= result.bright_clip <= 1.0
+    for share in ("sharpness", "exposure", "dark_clip", "bright_clip", "blockiness", "flat_area"):
+        assert 0.0 <= getattr(result, share) <= 1.0, share
+    assert 0.0 <= result.black_level <= result.white_level <= 255.0
+    assert 0.0 <= result.brightness <= 255.0 and result.noise >= 0.0
     if result.rejected:
         assert result.score == 0.0
+    else:
+        assert result.score == pytest.approx(
+            result.sharpness * result.exposure * result.noise_factor * result.block_factor
+        )
     assert result.reason
 
 
-def test_noisy_and_sharp_scenes_score_in_range() -> None:
-    for img in (scene(640, 360), noisy(scene(640, 360)), noisy(blurred(scene(640, 360), 4))):
-        result = scores_of(img)
-        assert 0.0 < result.score < 1.0
-
-
-def test_metrics_hold_every_measure() -> None:
+def test_metrics_hold_every_measure_as_json_floats() -> None:
     result = scores_of(scene(640, 360))
     metrics = result.metrics()
     assert set(metrics) == {
-        "score",
-        "sharpness",
-        "exposure",
-        "brightness",
-        "contrast",
-        "dark_clip",
-        "bright_clip",
+        "score", "sharpness", "exposure", "noise_factor", "block_factor", "brightness",
+        "contrast", "black_level", "white_level", "dark_clip", "bright_clip", "noise",
+        "blockiness", "flat_area",
     }
     assert all(type(v) is float for v in metrics.values())
     assert metrics["score"] == result.score
-    assert metrics["brightness"] == result.brightness
     assert json.loads(json.dumps(metrics)) == metrics
-
-
-def test_exposure_figures_from_a_known_histogram() -> None:
-    luma = np.full((10, 10), 128, np.uint8)
-    luma[0, :] = 16  # 10% crushed (16 counts as crushed)...
-    luma[1, :] = 17  # ...17 does not
-    luma[2, :5] = 239  # 5% blown (239 counts as blown)...
-    luma[3, :] = 238  # ...238 does not
-    result = scoring.score_luma(luma)
-    assert result.dark_clip == pytest.approx(0.10)
-    assert result.bright_clip == pytest.approx(0.05)
-    assert result.brightness == pytest.approx(float(luma.mean()))
-    assert result.contrast == pytest.approx(float(luma.std()))
-
-
-def test_clipping_costs_exposure_at_equal_brightness() -> None:
-    def frame(low: int, high: int) -> npt.NDArray[np.uint8]:
-        luma = np.full((180, 320), 128, np.uint8)
-        luma[:36], luma[-36:] = low, high  # 20% each, mean stays 128
-        return luma
-
-    clipped = scoring.score_luma(frame(1, 255))
-    held = scoring.score_luma(frame(40, 216))
-    assert clipped.brightness == held.brightness == 128.0
-    assert clipped.dark_clip == clipped.bright_clip == pytest.approx(0.2)
-    assert clipped.exposure < 0.7 * held.exposure
-    assert held.exposure == pytest.approx(1.0)
-    assert clipped.reason.endswith(", 40% clipped")
-    assert held.reason.endswith(", well exposed")
+    assert all(type(v) is float for v in scores_of(black(640, 360)).metrics().values())
 
 
 @pytest.mark.parametrize(
@@ -205,13 +338,20 @@ def test_clipping_costs_exposure_at_equal_brightness() -> None:
     [
         np.zeros((180, 320, 3), np.uint8),
         np.zeros((180, 320), np.float64),
-        np.zeros((2, 320), np.uint8),
+        np.zeros((7, 320), np.uint8),
     ],
     ids=["3-D", "float", "too small"],
 )
 def test_score_luma_refuses_what_is_not_luma(luma: npt.NDArray[np.generic]) -> None:
     with pytest.raises(ValueError, match="expected 2-D uint8 luma"):
         scoring.score_luma(luma)  # type: ignore[arg-type]
+
+
+def test_score_luma_leaves_its_input_alone() -> None:
+    luma = luma_of(scene(640, 360))
+    before = luma.copy()
+    scoring.score_luma(luma)
+    assert np.array_equal(luma, before)
 
 
 def test_scoring_stays_pure() -> None:
@@ -224,9 +364,31 @@ def test_scoring_stays_pure() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_small_sources_score_as_soft() -> None:
-    # A 160×90 screenshot has half the detail the analysis grid holds: brought up to it, it
-    # must not look as sharp as the same picture at full detail.
-    small = scores_of(scene(160, 90))
-    full = scores_of(scene(640, 360))
-    assert small.sharpness < full.sharpness - 0.1
+# --- coverservice score ------------------------------------------------------------------
+
+
+def test_score_command_explains_each_file_and_picks_one(tmp_path: Path) -> None:
+    base = scene(1280, 720, seed=4)
+    files = {
+        "soft.jpg": encode(blurred(base, 3)),
+        "sharp.jpg": encode(base),
+        "bars.jpg": encode(degraded(base, "testcard", kind="smpte")),
+        "page.jpg": b"<html>",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / name) for name in files]
+
+    out = CliRunner().invoke(main, ["score", *paths])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0].startswith(f"{paths[0]}: score ") and "sharpness" in lines[1]
+    assert any(line.startswith(f"{paths[2]}: score 0.000, rejected: test card") for line in lines)
+    assert f"{paths[3]}: rejected: not an image" in out.output
+    assert lines[-1] == f"would pick: {paths[1]}"
+
+    out = CliRunner().invoke(main, ["score", "--json", *paths])
+    records = [json.loads(line) for line in out.output.splitlines()]
+    assert records[-1] == {"pick": paths[1]}
+    assert records[1]["metrics"]["score"] > records[0]["metrics"]["score"] > 0
+    assert records[2]["rejected"] and records[3]["rejected"]

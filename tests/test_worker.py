@@ -271,8 +271,9 @@ def test_a_worker_that_died_mid_frame_is_replaced_after_the_lease(
     settings: Settings,
 ) -> None:
     frame_id = add_frame(sessions, cos, clock, "/room/crash.jpg", scene_jpeg(640, 360))
-    with transaction(sessions) as s:  # a worker claims it, then vanishes
+    with transaction(sessions) as s:  # a worker claims and starts it, then vanishes
         [claimed] = queries.claim_frames(s, owner="dead/1", now=clock.now, lease=timedelta(seconds=settings.worker_lease), limit=5)
+        queries.start_frame(s, claimed, until=clock.now + timedelta(seconds=settings.worker_lease))
     worker = make_worker()
     assert worker.run_once() == 0  # still leased
     clock.advance(settings.worker_lease + 1)

@@ -123,3 +123,13 @@ def flat(width: int, height: int, value: int = 128) -> Image.Image:
 def _scaled(img: Image.Image, factor: float) -> Image.Image:
     pixels = np.asarray(img, dtype=np.float64) * factor
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def degraded(img: Image.Image, family: str, strength: float = 0.0, kind: str = "") -> Image.Image:
+    """``img`` degraded as the quality benchmark degrades its frames (see
+    ``coverservice.quality_bench``): "haze" 0.5, "blocks" 8, "testcard" kind "smpte"..."""
+    from coverservice.quality_bench import Degradation, degrade
+
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    out = degrade(rgb, Degradation(family, strength, kind), np.random.default_rng(0))
+    return Image.fromarray(out, "RGB")
