@@ -58,7 +58,7 @@ class AdminDeps:
 class _PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    frame_id: StrictInt
+    frame_id: Annotated[StrictInt, Field(ge=1, lt=2**63)]  # a bigint: larger ones overflow the driver
     expires_in: Annotated[StrictInt, Field(gt=0, le=365 * 86_400)] | None = None
 
 
@@ -104,6 +104,9 @@ def routes(deps: AdminDeps) -> list[Route]:
         actor(request)
         limit = _int_param(request, "limit", 100, MAX_LIST)
         after = request.query_params.get("after")
+        if after is not None and not _STREAM_ID.fullmatch(after):
+            # Postgres refuses some strings outright (a NUL byte): no stream id looks so.
+            raise AdminError(400, "invalid_parameter", "after must be a stream id")
 
         def read() -> list[dict[str, Any]]:
             with transaction(sessions) as session:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import admin, callbacks, queries
+from . import admin, callbacks, openapi, queries
 from .admin import AdminDeps
 from .cache import CoverCache, InvalidationListener
 from .callbacks import IgnoredEvent, ModerationEvent, ScreenshotEvent, StreamStateEvent
@@ -257,6 +257,7 @@ def create_app(
             Route("/api/covers/{stream_id}", cover_metadata, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
             *admin.routes(admin_deps),
         ],
         exception_handlers={RequestError: request_error},

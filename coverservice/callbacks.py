@@ -48,7 +48,8 @@ class _ScreenshotPayload(BaseModel):
     event_type: Literal[200]
     stream_id: StreamName
     channel_id: Name
-    create_time: Annotated[StrictInt, Field(gt=0, lt=2**40)]
+    # Before year 10000: datetime's (and so the captured_at column's) range.
+    create_time: Annotated[StrictInt, Field(gt=0, lt=253_402_300_800)]
     file_size: Count
     width: Annotated[StrictInt, Field(gt=0, le=65535)]
     height: Annotated[StrictInt, Field(gt=0, le=65535)]
@@ -210,6 +211,8 @@ def _load_json(body: bytes) -> dict[str, Any]:
         raise InvalidPayload(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise InvalidPayload("body is nested too deeply") from None
+    except ValueError as exc:  # an integer past Python's 4300-digit conversion limit
+        raise InvalidPayload(f"body is not valid JSON: {str(exc)[:80]}") from None
     if not isinstance(payload, dict):
         raise InvalidPayload("body must be a JSON object")
     return payload

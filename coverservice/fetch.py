@@ -12,11 +12,12 @@ import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import httpcore
 import httpx
@@ -232,6 +233,31 @@ def _system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+def _resolve_within(resolver: Resolver, host: str, port: int, timeout: float | None) -> list[str]:
+    """``resolver(host, port)``, given up after ``timeout`` seconds. getaddrinfo takes no
+    timeout and a stalled DNS server holds it for the resolver's own retries (tens of
+    seconds), so it runs in a daemon thread that is left to finish alone if it overruns:
+    the download's total time cap holds, and the thread never delays the process's exit."""
+    done = threading.Event()
+    outcome: list[list[str] | BaseException] = []
+
+    def lookup() -> None:
+        try:
+            outcome.append(resolver(host, port))
+        except BaseException as exc:  # noqa: BLE001  (handed to the waiting thread)
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="coverservice-resolve", daemon=True).start()
+    if not done.wait(timeout):
+        raise httpcore.ConnectTimeout(f"could not resolve {host} within {timeout:g}s")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
 def _remaining(timeout: float | None, error: type[Exception]) -> float | None:
     deadline = _deadline.get()
     if deadline is None:
@@ -288,7 +314,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         error: Exception | None = None
-        for address in self._addresses(host, port):
+        for address in self._addresses(host, port, _remaining(timeout, httpcore.ConnectTimeout)):
             try:
                 stream = self._backend.connect_tcp(
                     str(address),
@@ -304,13 +330,14 @@ class _GuardedBackend(httpcore.NetworkBackend):
         assert error is not None
         raise error
 
-    def _addresses(self, host: str, port: int) -> list[IPAddress]:
+    def _addresses(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
         literal = _ip_or_none(host)
         if literal is not None:
             addresses = [literal]
         else:
             try:
-                addresses = [ipaddress.ip_address(a) for a in self._resolver(host, port)]
+                found = _resolve_within(self._resolver, host, port, timeout)
+                addresses = [ipaddress.ip_address(a) for a in found]
             except (OSError, ValueError) as exc:
                 raise httpcore.ConnectError(f"could not resolve {host}: {exc}") from exc
             if not addresses:
@@ -468,7 +495,7 @@ class Fetcher:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> Fetcher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

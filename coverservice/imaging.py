@@ -135,6 +135,9 @@ def decoding(fmt: str) -> Iterator[None]:
         yield
     except ImageRejected:
         raise
+    except Image.DecompressionBombError as exc:
+        # Some openers (WebP) check Pillow's own limit before our pixel cap is reached.
+        raise ImageRejected(f"image is over the pixel cap ({exc})") from exc
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
         if "truncated" in str(exc).lower() or isinstance(exc, EOFError):
             raise ImageRejected("truncated image data") from exc

@@ -198,7 +198,12 @@ def claim_frames(
     """Lease up to ``limit`` due frames: pending ones whose backoff has passed, and
     processing ones whose worker let the lease run out. SKIP LOCKED lets concurrent
     workers take disjoint batches without waiting on each other (SQLite, with one
-    writer at a time, has no need of it and ignores it)."""
+    writer at a time, has no need of it and ignores it).
+
+    A claim is not an attempt: ``start_frame`` counts one when the worker begins the
+    frame. A worker killed by one frame of its batch (a poison screenshot) thus costs
+    the others nothing, and they come first in the next batch (fewest attempts first),
+    so they are done before the poison can kill that worker too."""
     due = (
         select(Frame.id)
         .where(
@@ -218,13 +223,13 @@ def claim_frames(
             status=FrameStatus.PROCESSING.value,
             lease_owner=owner,
             lease_expires_at=now + lease,
-            attempts=Frame.attempts + 1,
         )
         .returning(Frame.id, Frame.stream_id, Frame.pic_full_url, Frame.captured_at, Frame.attempts)
         .execution_options(synchronize_session=False)
     ).all()
-    claimed = [ClaimedFrame(r[0], r[1], r[2], r[3], r[4], owner) for r in rows]
-    return sorted(claimed, key=lambda f: f.id)
+    # attempts: the number this attempt will have once started
+    claimed = [ClaimedFrame(r[0], r[1], r[2], r[3], r[4] + 1, owner) for r in rows]
+    return sorted(claimed, key=lambda f: (f.attempts, f.id))
 
 
 def _owned(frame: ClaimedFrame) -> Any:
@@ -237,11 +242,13 @@ def _owned(frame: ClaimedFrame) -> Any:
     )
 
 
-def extend_lease(session: Session, frame: ClaimedFrame, *, until: datetime) -> bool:
+def start_frame(session: Session, frame: ClaimedFrame, *, until: datetime) -> bool:
+    """Count the attempt and renew the lease as the worker begins the frame; False when
+    the lease was lost meanwhile."""
     result = session.execute(
         update(Frame)
         .where(_owned(frame))
-        .values(lease_expires_at=until)
+        .values(lease_expires_at=until, attempts=frame.attempts)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]

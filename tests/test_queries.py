@@ -37,8 +37,12 @@ def record(sessions: sessionmaker[Session], ev: ScreenshotEvent) -> int:
 
 
 def claim(sessions: sessionmaker[Session], owner: str, now: datetime = NOW, limit: int = 10) -> list[queries.ClaimedFrame]:
+    """Claim due frames and start each, as a worker does (starting counts the attempt)."""
     with transaction(sessions) as s:
-        return queries.claim_frames(s, owner=owner, now=now, lease=LEASE, limit=limit)
+        frames = queries.claim_frames(s, owner=owner, now=now, lease=LEASE, limit=limit)
+        for frame in frames:
+            assert queries.start_frame(s, frame, until=now + LEASE)
+        return frames
 
 
 def test_a_retried_callback_is_recorded_once(sessions: sessionmaker[Session]) -> None:
