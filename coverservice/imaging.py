@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
-import numpy.typing as npt
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
+from . import scoring
 from .errors import ImageRejected
 
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP"})
@@ -75,8 +75,6 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"<?xml", 0, "SVG"),
     (b"%PDF", 0, "PDF"),
 )
-
-Luma = npt.NDArray[np.uint8]
 
 
 @dataclass(frozen=True)
@@ -152,29 +150,37 @@ def analysis_size(width: int, height: int) -> tuple[int, int]:
     return max(8, round(width * scale)), max(8, round(height * scale))
 
 
-def decode_luma(data: bytes, *, max_pixels: int) -> Luma:
-    """The image's luma at the analysis resolution, as a 2-D uint8 array.
+def decode_luma(data: bytes, *, max_pixels: int) -> scoring.Decoded:
+    """The image's luma at the analysis resolution, and as decoded before resampling to it
+    (where the JPEG's 8×8 blocks are whole pixels), for ``scoring.score_luma``.
 
     EXIF orientation is ignored: a quarter turn does not change what scoring measures.
     """
     im = open_image(data, max_pixels=max_pixels)
     target = analysis_size(*im.size)
+    block = 8
     with decoding(im.format or "image"):
         if im.format == "JPEG":
             # libjpeg scales by 1/2, 1/4 or 1/8 inside the IDCT and skips the chroma
-            # planes: the smallest decode still at least as large as the target.
-            im.draft("L", target)
+            # planes: the smallest decode still at least as large as the target, but no
+            # smaller than 1/4, where a block is still 2 pixels and its edges can be seen.
+            width, height = im.size
+            drafted = im.draft("L", (max(target[0], width // 4), max(target[1], height // 4)))
+            if drafted is not None:  # the box is the source's size in decoded pixels
+                block = round(8 * drafted[1][2] / width)
         im.load()
         small = _flattened(im)
         if small.mode != "L":
             small = small.convert("L")
-    if small.size != target:
-        # BOX (area average) going down, like the DCT scaling and like reduce(), so the
-        # JPEG and PNG paths see the same detail. Going up, a smooth filter: a small
-        # source's lack of detail should score as such, not as pixel-sharp edges.
-        shrink = small.width > target[0]
-        small = small.resize(target, Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
-    return np.asarray(small, dtype=np.uint8)
+    coded = np.asarray(small, dtype=np.uint8)
+    if small.size == target:
+        return scoring.Decoded(luma=coded, coded=coded, block=block)
+    # BOX (area average) going down, like the DCT scaling and like reduce(), so the JPEG
+    # and PNG paths see the same detail. Going up, a smooth filter: a small source's lack
+    # of detail should score as such, not as pixel-sharp edges.
+    shrink = small.width > target[0]
+    small = small.resize(target, Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+    return scoring.Decoded(luma=np.asarray(small, dtype=np.uint8), coded=coded, block=block)
 
 
 def render_renditions(

@@ -80,7 +80,7 @@ def animated(fmt: str) -> bytes:
 def test_allowed_formats_decode(fmt: str) -> None:
     data = encode(scene(640, 360), fmt)
     assert imaging.open_image(data, max_pixels=CAP).format == fmt
-    assert imaging.decode_luma(data, max_pixels=CAP).shape == (180, 320)
+    assert imaging.decode_luma(data, max_pixels=CAP).luma.shape == (180, 320)
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
@@ -155,7 +155,7 @@ def test_animated_images_use_their_first_frame(fmt: str) -> None:
     data = animated(fmt)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3  # really animated
     red_luma = np.asarray(solid(RED).convert("L"))[0, 0]
-    assert abs(int(imaging.decode_luma(data, max_pixels=CAP).mean()) - int(red_luma)) <= 3
+    assert abs(int(imaging.decode_luma(data, max_pixels=CAP).luma.mean()) - int(red_luma)) <= 3
     for r in imaging.render_renditions(data, max_pixels=CAP, formats=["jpeg"]):
         assert near(colour_at(decoded(r), r.width // 2, r.height // 2), RED)
 
@@ -175,7 +175,7 @@ def test_animated_images_use_their_first_frame(fmt: str) -> None:
     ],
 )
 def test_decode_luma_analysis_size(size: tuple[int, int], shape: tuple[int, int]) -> None:
-    luma = imaging.decode_luma(scene_jpeg(*size), max_pixels=CAP)
+    luma = imaging.decode_luma(scene_jpeg(*size), max_pixels=CAP).luma
     assert luma.shape == shape
     assert luma.dtype == np.uint8
     assert luma.ndim == 2
@@ -183,13 +183,15 @@ def test_decode_luma_analysis_size(size: tuple[int, int], shape: tuple[int, int]
 
 def test_decode_luma_jpeg_is_the_dct_scaled_grayscale_decode() -> None:
     data = scene_jpeg(1280, 720)
-    luma = imaging.decode_luma(data, max_pixels=CAP)
+    result = imaging.decode_luma(data, max_pixels=CAP)
+    luma = result.luma
 
-    # libjpeg's own 1/4-scale grayscale decode, bit for bit...
+    # libjpeg's own 1/4-scale grayscale decode, bit for bit, and nothing resampled...
     im = Image.open(io.BytesIO(data))
     im.draft("L", (320, 180))
     assert im.size == (320, 180)
     assert np.array_equal(luma, np.asarray(im))
+    assert result.coded is luma and result.block == 2
 
     # ...which is not what a full decode, then a grayscale conversion and resize give.
     full = Image.open(io.BytesIO(data)).convert("L").resize((320, 180), Image.Resampling.BOX)
@@ -199,7 +201,8 @@ def test_decode_luma_jpeg_is_the_dct_scaled_grayscale_decode() -> None:
 def test_decode_luma_matches_across_formats() -> None:
     img = scene(1280, 720)
     lumas = [
-        imaging.decode_luma(encode(img, fmt), max_pixels=CAP) for fmt in ("JPEG", "PNG", "WEBP")
+        imaging.decode_luma(encode(img, fmt), max_pixels=CAP).luma
+        for fmt in ("JPEG", "PNG", "WEBP")
     ]
     for luma in lumas[1:]:
         assert np.abs(luma.astype(int) - lumas[0].astype(int)).mean() < 3
@@ -218,12 +221,47 @@ def test_decode_luma_matches_across_formats() -> None:
 )
 def test_decode_luma_modes(img: Image.Image, expected: int) -> None:
     fmt = "JPEG" if img.mode == "CMYK" else "PNG"
-    luma = imaging.decode_luma(encode(img, fmt), max_pixels=CAP)
+    luma = imaging.decode_luma(encode(img, fmt), max_pixels=CAP).luma
     assert abs(float(luma.mean()) - expected) <= 2
     renditions = imaging.render_renditions(
         encode(img, fmt), max_pixels=CAP, sizes={"small": (320, 180)}
     )
     assert all(decoded(r).mode == "RGB" for r in renditions)
+
+
+@pytest.mark.parametrize(
+    ("size", "coded", "block"),
+    [
+        ((1280, 720), (180, 320), 2),  # 1/4: already the analysis size
+        ((640, 360), (180, 320), 4),  # 1/2: already the analysis size
+        ((960, 540), (270, 480), 4),  # 1/2, then resampled by 2/3: blocks 8/3 px apart
+        ((854, 480), (240, 427), 4),
+        ((540, 960), (480, 270), 4),
+        ((1920, 1080), (270, 480), 2),
+        ((2560, 1440), (360, 640), 2),  # not 1/8: a block would be one pixel, its edges gone
+        ((160, 90), (90, 160), 8),  # smaller than the analysis size: decoded whole
+    ],
+)
+def test_decode_luma_keeps_the_jpeg_block_grid(
+    size: tuple[int, int], coded: tuple[int, int], block: int
+) -> None:
+    data = scene_jpeg(*size)
+    result = imaging.decode_luma(data, max_pixels=CAP)
+    assert result.coded.shape == coded and result.block == block
+    # The decode is libjpeg's DCT-scaled one at that scale: every 8×8 block of the JPEG is
+    # block × block pixels of it, the grid starting at the top left.
+    im = Image.open(io.BytesIO(data))
+    im.draft("L", (size[0] * block // 8, size[1] * block // 8))
+    assert np.array_equal(result.coded, np.asarray(im))
+    assert (result.coded is result.luma) == (coded == result.luma.shape)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_decode_luma_of_other_formats_keeps_the_full_size(fmt: str) -> None:
+    # No DCT scaling: an 8×8 grid, if the picture was ever a JPEG or a video, is 8 pixels.
+    result = imaging.decode_luma(encode(scene(960, 540), fmt), max_pixels=CAP)
+    assert result.coded.shape == (540, 960) and result.block == 8
+    assert result.luma.shape == (180, 320)
 
 
 # --- renditions --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from PIL import Image
 
 from coverservice import quality_bench as qb
 from coverservice.cli import main
+from coverservice.scenes import Degradation
 
 FAMILIES = {
     "gaussian", "motion", "under", "over", "haze", "noise", "blocks", "black", "testcard", "flat",
@@ -62,9 +63,10 @@ def test_report_holds_both_scorers_and_the_speed_ratio(tiny: qb.Result) -> None:
 
 
 def test_held_out_sizes_and_strengths_are_not_tuned_on() -> None:
-    tuned, held, unseen = qb.TUNED, qb.HELD_OUT, qb.UNSEEN
+    tuned, held, unseen, fresh = qb.TUNED, qb.HELD_OUT, qb.UNSEEN, qb.FRESH
+    assert qb.SPLITS == (tuned, held, unseen, fresh)
     assert set(tuned.sizes) | set(held.sizes) == {(1280, 720), (960, 540), (640, 360), (360, 640)}
-    for other in (held, unseen):
+    for other in (held, unseen, fresh):
         assert not set(tuned.sizes) & set(other.sizes)
         # Strengths differ; the kinds of black frames, cards and slates are few.
         strengths = {d for d in other.degradations if not d.kind}
@@ -72,13 +74,17 @@ def test_held_out_sizes_and_strengths_are_not_tuned_on() -> None:
     for split in qb.SPLITS:
         assert {d.family for d in split.degradations} == FAMILIES
     assert not set(held.degradations) & set(tuned.degradations)  # kinds too
+    # The last split shares no size and no strength with any other.
+    for other in (tuned, held, unseen):
+        assert not set(fresh.sizes) & set(other.sizes)
+        assert not {d for d in fresh.degradations if not d.kind} & set(other.degradations)
 
 
 ALL_DEGRADATIONS = sorted({d for s in qb.SPLITS for d in s.degradations}, key=lambda d: d.label)
 
 
 @pytest.mark.parametrize("degradation", ALL_DEGRADATIONS, ids=[d.label for d in ALL_DEGRADATIONS])
-def test_every_degradation_makes_a_frame(degradation: qb.Degradation) -> None:
+def test_every_degradation_makes_a_frame(degradation: Degradation) -> None:
     source = qb.scene_source("game")
     data = qb.make_frame(source, (320, 180), degradation, np.random.default_rng(0))
     with Image.open(io.BytesIO(data)) as im:
@@ -87,7 +93,7 @@ def test_every_degradation_makes_a_frame(degradation: qb.Degradation) -> None:
 
 def test_frames_are_reproducible() -> None:
     source = qb.scene_source("studio")
-    noise = qb.Degradation("noise", 16.0)
+    noise = Degradation("noise", 16.0)
 
     def frame(seed: int) -> bytes:
         return qb.make_frame(source, (640, 360), noise, np.random.default_rng(seed))

@@ -31,12 +31,22 @@ CAP = 16_777_216
 SIZES = [(1280, 720), (640, 360), (360, 640)]
 
 
-def luma_of(img: Image.Image, fmt: str = "JPEG") -> npt.NDArray[np.uint8]:
+def decoded_of(img: Image.Image, fmt: str = "JPEG") -> scoring.Decoded:
     return imaging.decode_luma(encode(img, fmt), max_pixels=CAP)
 
 
 def scores_of(img: Image.Image, fmt: str = "JPEG") -> scoring.Scores:
-    return scoring.score_luma(luma_of(img, fmt))
+    return scoring.score_luma(decoded_of(img, fmt))
+
+
+def as_decoded(luma: npt.NDArray[np.uint8], block: int = 2) -> scoring.Decoded:
+    """``luma`` as a JPEG's DCT-scaled decode that needed no resampling (a 1280×720
+    source's, with 2-px blocks, unless told)."""
+    return scoring.Decoded(luma=luma, coded=luma, block=block)
+
+
+def score(luma: npt.NDArray[np.uint8], block: int = 2) -> scoring.Scores:
+    return scoring.score_luma(as_decoded(luma, block))
 
 
 # --- sharpness -------------------------------------------------------------------------
@@ -107,23 +117,86 @@ def recompressed(img: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(encode(img, quality=quality))).convert("RGB")
 
 
-@pytest.mark.parametrize("size", [(1280, 720), (960, 540), (640, 360)], ids=["720p", "540p", "360p"])
+# Every size whose 8×8 blocks land 2, 4, 8/3 or 3 analysis pixels apart, or sit in a small
+# or portrait frame.
+BLOCK_SIZES = [(1280, 720), (960, 540), (854, 480), (640, 360), (360, 640), (540, 960)]
+
+
+@pytest.mark.parametrize("size", BLOCK_SIZES, ids=[f"{w}x{h}" for w, h in BLOCK_SIZES])
 def test_block_artefacts_are_measured_and_cost_score(size: tuple[int, int]) -> None:
     img = scene(*size)
     clean = scores_of(img)
     blocky = [scores_of(recompressed(img, q)) for q in (15, 5)]
-    assert clean.block_factor > 0.9  # a clean JPEG shows a little of its own grid
+    assert clean.block_factor > 0.95  # a clean JPEG shows a little of its own grid
     assert clean.blockiness < blocky[0].blockiness < blocky[1].blockiness
+    assert scoring.BLOCK_FREE < blocky[0].blockiness
     assert clean.score > blocky[0].score > blocky[1].score
     assert blocky[1].reason.endswith(", blocky")
+    # The block edges pass for detail: only blockiness tells these frames apart.
+    for result in blocky:
+        assert result.sharpness == pytest.approx(clean.sharpness, abs=0.03)
+        assert result.exposure == pytest.approx(clean.exposure, abs=0.03)
+
+
+def blocks_of(block: int, *, seed: int = 0) -> npt.NDArray[np.uint8]:
+    """A 180×320 luma of flat ``block``-px squares on the grid from the top left: what a
+    starved encoder leaves of a picture (every block reduced to its mean), with a little
+    grain that hides nothing."""
+    rng = np.random.default_rng(seed)
+    means = rng.integers(60, 200, (180 // block + 1, 320 // block + 1)).astype(np.uint8)
+    luma = np.kron(means, np.ones((block, block), np.uint8))[:180, :320]
+    grain = rng.integers(0, 2, luma.shape, dtype=np.uint8)
+    return luma + grain
+
+
+@pytest.mark.parametrize("block", [2, 4, 8])
+def test_blockiness_is_read_on_the_jpeg_grid(block: int) -> None:
+    on_grid = score(blocks_of(block), block)
+    assert on_grid.blockiness > 0.9 and on_grid.reason.endswith(", blocky")
+    # The same squares a pixel off the grid are edges of the picture, not of its blocks.
+    off_grid = score(np.ascontiguousarray(blocks_of(block)[1:, 1:]), block)
+    assert off_grid.blockiness == 0.0 and off_grid.block_factor == 1.0
+
+
+def squares(*, stripes: bool = False) -> npt.NDArray[np.uint8]:
+    """A checkerboard of 8-px squares on the grid (or stripes 8 px wide), with grain."""
+    grain = np.random.default_rng(0).integers(0, 2, (180, 320), dtype=np.uint8)
+    x = np.arange(320)[None, :] // 8 % 2
+    y = np.arange(180)[:, None] // 8 % 2 * (not stripes)
+    return (100 + 80 * (x ^ y)).astype(np.uint8) + grain
 
 
 def test_blockiness_needs_the_grid_in_both_directions() -> None:
-    # Vertical stripes one block apart are picture, not artefacts.
-    luma = np.full((180, 320), 100, np.uint8)
-    luma[:, ::8] = 180
-    luma += np.random.default_rng(0).integers(0, 3, luma.shape, dtype=np.uint8)
-    assert scoring.score_luma(luma).block_factor == 1.0
+    # Vertical stripes a block wide step on every block edge across, never down: picture,
+    # not artefacts. The same squares in both directions are blocks.
+    assert score(squares(stripes=True), 8).block_factor == 1.0
+    assert score(squares(), 8).blockiness > 0.9
+
+
+def test_a_picture_with_a_pitch_of_its_own_still_shows_its_blocks() -> None:
+    # Stripes 2 px wide step between pixels 0|1 and 2|3 of every 4-px block: half the
+    # positions off the edges are full of the picture's own steps. Blocks still show
+    # against the quiet one left.
+    stripes = (30 * ((np.arange(320) + 1) // 2 % 2)).astype(np.uint8)
+    blocky = blocks_of(4) + stripes
+    assert score(blocky, 4).blockiness > 0.9
+    # ...and the stripes alone, on a plain grainy frame, are no blocks.
+    grain = np.random.default_rng(1).integers(0, 3, (180, 320), dtype=np.uint8)
+    plain = (120 + grain + stripes).astype(np.uint8)
+    assert score(plain, 4).block_factor == 1.0
+
+
+def test_a_few_steps_on_block_edges_are_not_a_pattern() -> None:
+    # A smooth frame whose only steps are a box's sides, all on block edges: every step
+    # is on an edge, yet one box is not a grid of blocks (SEAM_PRIOR).
+    y, x = np.mgrid[0:180, 0:320]
+    luma = 120 + 60 * np.sin(x / 9) * np.cos(y / 7)  # changes of up to ~8 levels, smooth
+    luma[48:136, 80:240] += 30  # sides between pixels 47|48, 135|136, 79|80, 239|240
+    luma = luma.astype(np.uint8)
+    result = score(luma)  # 2-px blocks: the edges of the most common source, 1280×720
+    assert not result.rejected
+    assert 0.0 < result.blockiness < 0.5
+    assert score(squares(), 8).blockiness > 0.9
 
 
 # --- exposure ----------------------------------------------------------------------------
@@ -133,6 +206,13 @@ def test_dim_frame_with_visible_content_is_not_rejected() -> None:
     result = scores_of(darkened(scene(1280, 720), 0.3))
     assert not result.rejected
     assert result.reason == "sharp, dark"
+
+
+@pytest.mark.parametrize(("factor", "light"), [(0.75, "well exposed"), (0.6, "dark")])
+def test_the_reason_calls_a_frame_dark_only_when_its_exposure_suffers(factor: float, light: str) -> None:
+    result = scores_of(darkened(scene(1280, 720), factor))
+    assert result.reason == f"sharp, {light}"
+    assert (result.exposure < 0.9) == (light == "dark")
 
 
 def test_bad_exposure_scores_lower() -> None:
@@ -174,9 +254,9 @@ def test_each_exposure_fault_moves_its_figure_and_the_score(
 def test_a_low_key_scene_is_not_marked_down_for_being_dark() -> None:
     # Night, a stage: dark overall, but the highlights reach white. Only clipping and
     # dim highlights cost exposure, not a mean far below mid-grey.
-    luma = luma_of(scene(1280, 720))
+    luma = decoded_of(scene(1280, 720)).luma
     low_key = (255 * (luma / luma.max()) ** 2.5).astype(np.uint8)
-    result = scoring.score_luma(low_key)
+    result = score(low_key)
     assert not result.rejected
     assert result.brightness < 0.6 * float(luma.mean())
     assert result.white_level > scoring.WHITE_REACH
@@ -191,7 +271,7 @@ def test_exposure_figures_from_a_known_histogram() -> None:
     row[20:25] = 250  # 5% blown (250 counts as blown)...
     row[25:35] = 249  # ...249 does not
     luma = np.tile(row, (40, 1))
-    result = scoring.score_luma(luma)
+    result = score(luma)
     assert result.dark_clip == pytest.approx(0.10)
     assert result.bright_clip == pytest.approx(0.05)
     assert result.black_level == 5.0 and result.white_level == 250.0
@@ -205,8 +285,8 @@ def test_clipping_costs_exposure_at_equal_brightness() -> None:
         luma[:, :64], luma[:, -64:] = low, high  # 20% each, mean stays 128
         return luma
 
-    clipped = scoring.score_luma(frame(1, 255))
-    held = scoring.score_luma(frame(40, 216))
+    clipped = score(frame(1, 255))
+    held = score(frame(40, 216))
     assert clipped.brightness == held.brightness == 128.0
     assert clipped.dark_clip == clipped.bright_clip == pytest.approx(0.2)
     assert clipped.exposure < 0.7 * held.exposure
@@ -243,7 +323,7 @@ def test_flat_frames_are_rejected(value: int) -> None:
 def test_nearly_flat_frame_with_noise_is_still_flat() -> None:
     rng = np.random.default_rng(0)
     luma = np.clip(rng.normal(100, 2, (180, 320)), 0, 255).astype(np.uint8)
-    result = scoring.score_luma(luma)
+    result = score(luma)
     assert result.rejected
     assert result.reason.startswith("flat frame")
 
@@ -304,7 +384,7 @@ def _extremes() -> dict[str, npt.NDArray[np.uint8]]:
 
 @pytest.mark.parametrize("name", list(_extremes()))
 def test_scores_stay_in_range(name: str) -> None:
-    result = scoring.score_luma(_extremes()[name])
+    result = score(_extremes()[name])
     assert 0.0 <= result.score <= 1.0
     for share in ("sharpness", "exposure", "dark_clip", "bright_clip", "blockiness", "flat_area"):
         assert 0.0 <= getattr(result, share) <= 1.0, share
@@ -344,14 +424,29 @@ def test_metrics_hold_every_measure_as_json_floats() -> None:
 )
 def test_score_luma_refuses_what_is_not_luma(luma: npt.NDArray[np.generic]) -> None:
     with pytest.raises(ValueError, match="expected 2-D uint8 luma"):
-        scoring.score_luma(luma)  # type: ignore[arg-type]
+        score(luma)  # type: ignore[arg-type]
 
 
-def test_score_luma_leaves_its_input_alone() -> None:
-    luma = luma_of(scene(640, 360))
-    before = luma.copy()
-    scoring.score_luma(luma)
-    assert np.array_equal(luma, before)
+@pytest.mark.parametrize(
+    ("coded", "block"),
+    [(np.zeros((270, 480, 3), np.uint8), 4), (np.zeros((270, 480), np.int16), 4),
+     (np.zeros((270, 480), np.uint8), 3)],
+    ids=["3-D", "int16", "3 px blocks"],
+)
+def test_score_luma_refuses_a_decode_it_cannot_read_blocks_from(
+    coded: npt.NDArray[np.generic], block: int
+) -> None:
+    luma = np.zeros((180, 320), np.uint8)
+    with pytest.raises(ValueError, match="expected a 2-D uint8 decode with 2, 4 or 8 px blocks"):
+        scoring.score_luma(scoring.Decoded(luma, coded, block))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (960, 540)], ids=["one array", "two arrays"])
+def test_score_luma_leaves_its_input_alone(size: tuple[int, int]) -> None:
+    decoded = decoded_of(recompressed(scene(*size), 10))
+    before = decoded.luma.copy(), decoded.coded.copy()
+    scoring.score_luma(decoded)
+    assert np.array_equal(decoded.luma, before[0]) and np.array_equal(decoded.coded, before[1])
 
 
 def test_scoring_stays_pure() -> None:

@@ -127,8 +127,8 @@ def _scaled(img: Image.Image, factor: float) -> Image.Image:
 
 def degraded(img: Image.Image, family: str, strength: float = 0.0, kind: str = "") -> Image.Image:
     """``img`` degraded as the quality benchmark degrades its frames (see
-    ``coverservice.quality_bench``): "haze" 0.5, "blocks" 8, "testcard" kind "smpte"..."""
-    from coverservice.quality_bench import Degradation, degrade
+    ``coverservice.scenes``): "haze" 0.5, "blocks" 8, "testcard" kind "smpte"..."""
+    from coverservice.scenes import Degradation, degrade
 
     rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     out = degrade(rgb, Degradation(family, strength, kind), np.random.default_rng(0))
