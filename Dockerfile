@@ -1,0 +1,24 @@
+# coverservice: one image for the API (`serve`) and the workers (`worker`).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    COVERSERVICE_LOG_FORMAT=json
+
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY migrations ./migrations
+COPY coverservice ./coverservice
+# Editable: the migrations are found beside the package (db.MIGRATIONS_DIR), which a
+# regular install into site-packages would leave behind.
+RUN pip install -e . \
+    && useradd --system --uid 10001 --home-dir /srv --create-home coverservice
+
+USER coverservice
+# The embedded default keeps its SQLite file and covers in the working directory.
+WORKDIR /srv
+EXPOSE 8000
+ENTRYPOINT ["coverservice"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
