@@ -156,6 +156,10 @@ class Cover(Base):
     score: Mapped[float | None] = mapped_column(Float)
     captured_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+    # What a page paints before the image arrives, computed once when the cover is
+    # rendered (covers.py). Null for covers made before placeholders existed.
+    placeholder_color: Mapped[str | None] = mapped_column(String(7))  # "#rrggbb"
+    placeholder_blurhash: Mapped[str | None] = mapped_column(String(64))
 
 
 class Rendition(Base):
@@ -166,7 +170,8 @@ class Rendition(Base):
     )
     size: Mapped[str] = mapped_column(String(16), primary_key=True)
     format: Mapped[str] = mapped_column(String(16), primary_key=True)
-    key: Mapped[str] = mapped_column(String(300))  # content-addressed storage key
+    # Content-addressed storage key; indexed for the /r/ URLs, which ask by key.
+    key: Mapped[str] = mapped_column(String(300), index=True)
     etag: Mapped[str] = mapped_column(String(80))
     content_type: Mapped[str] = mapped_column(String(64))
     width: Mapped[int]
