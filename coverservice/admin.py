@@ -27,7 +27,7 @@ from starlette.routing import Route
 from . import imaging, queries
 from .cache import CoverCache
 from .callbacks import STREAM_ID_PATTERN
-from .covers import render_and_store
+from .covers import RenderedCover, render_and_store
 from .db import transaction
 from .errors import AdminError, FetchError, ImageRejected
 from .models import CoverSource, Frame, Stream
@@ -166,7 +166,7 @@ def routes(deps: AdminDeps) -> list[Route]:
     def install_override(
         session: Session,
         stream_id: str,
-        renditions: list[queries.StoredRendition],
+        rendered: RenderedCover,
         frame: Frame | None,
         expires_at: datetime | None,
         name: str,
@@ -176,7 +176,7 @@ def routes(deps: AdminDeps) -> list[Route]:
         cover_id = queries.create_cover(
             session, stream_id, frame_id=frame.id if frame else None, source=CoverSource.OVERRIDE,
             score=frame.score if frame else None, captured_at=frame.captured_at if frame else None,
-            renditions=renditions, now=clock(),
+            renditions=rendered.renditions, placeholder=rendered.placeholder, now=clock(),
         )
         queries.set_override(session, stream_id, cover_id=cover_id, expires_at=expires_at)
         queries.audit(session, actor=name, action=action, now=clock(), stream_id=stream_id,
@@ -197,11 +197,11 @@ def routes(deps: AdminDeps) -> list[Route]:
         data = await _read_limited(request, settings.fetch_max_bytes)
 
         def apply() -> dict[str, Any] | None:
-            renditions = render_and_store(deps.storage, data, max_pixels=settings.max_image_pixels)
+            rendered = render_and_store(deps.storage, data, max_pixels=settings.max_image_pixels)
             with transaction(sessions) as session:
                 queries.ensure_stream(session, stream_id, now=clock())
                 return install_override(
-                    session, stream_id, renditions, None, None, name, "upload", {"bytes": len(data)}
+                    session, stream_id, rendered, None, None, name, "upload", {"bytes": len(data)}
                 )
 
         return await respond_with_cover(stream_id, apply)
@@ -225,13 +225,13 @@ def routes(deps: AdminDeps) -> list[Route]:
                 data = deps.fetch(frame.pic_full_url)
             except FetchError as exc:
                 raise AdminError(502, "fetch_failed", f"screenshot unavailable: {exc}") from None
-            renditions = render_and_store(deps.storage, data, max_pixels=settings.max_image_pixels)
+            rendered = render_and_store(deps.storage, data, max_pixels=settings.max_image_pixels)
             with transaction(sessions) as session:
                 # Blocked between the check and now? The block wins.
                 if session.scalar(select(Frame.blocked).where(Frame.id == frame.id)):
                     raise AdminError(409, "frame_blocked", f"frame {body.frame_id} is blocked")
                 return install_override(
-                    session, stream_id, renditions, frame, expires_at, name, "pin",
+                    session, stream_id, rendered, frame, expires_at, name, "pin",
                     {"expires_at": expires_at.isoformat() if expires_at else None},
                 )
 

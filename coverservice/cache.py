@@ -5,6 +5,10 @@ database or storage on every request, and how they learn of changes made elsewhe
   by this process), misses included, so an unknown stream cannot hammer the database.
 - Storage key → bytes, LRU bounded in bytes. Keys are content-addressed, so an entry is
   never stale; it only ages out.
+- Storage key → whether a cover may show it (not when its frame is blocked, nor when no
+  cover uses it), for ``ttl`` seconds. The bytes of a key never change, but whether they
+  may be served does: this entry gates the ``/r/`` URLs and is dropped with its stream's
+  view, so a block (or an unblock) reaches them as fast as ``/cover``.
 
 Concurrent misses for one stream share a single load (single flight). With Postgres,
 every process LISTENs for cover changes, so a blocked frame leaves every process's cache
@@ -18,7 +22,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -35,7 +39,9 @@ T = TypeVar("T")
 MAX_STREAMS = 100_000
 
 
-class _SingleFlight(Generic[T]):
+class SingleFlight(Generic[T]):
+    """Concurrent calls for one key share the first caller's load and its outcome."""
+
     def __init__(self) -> None:
         self._inflight: dict[str, asyncio.Future[T]] = {}
 
@@ -72,12 +78,23 @@ class CoverCache:
         self.max_bytes = max_bytes
         self._clock = clock
         self._wall = wall
-        self._generation = 0
+        # Streams being loaded now → whether an invalidation arrived meanwhile. Per stream,
+        # so one stream's change costs no other stream its load; bounded by the loads in
+        # flight (single flight: at most one per stream).
+        self._loading: dict[str, bool] = {}
         self._views: OrderedDict[str, tuple[float, StreamState | None]] = OrderedDict()
         self._blobs: OrderedDict[str, bytes] = OrderedDict()
         self._blob_bytes = 0
-        self._view_flight: _SingleFlight[StreamState | None] = _SingleFlight()
-        self._blob_flight: _SingleFlight[bytes] = _SingleFlight()
+        self._admissions: OrderedDict[str, tuple[float, str | None, bool]] = OrderedDict()
+        self._admitted: dict[str, set[str]] = {}  # stream → its keys in _admissions
+        # Invalidations are numbered; a stream's last number tells an admission load that
+        # started before it not to keep what it read. Bounded like the views.
+        self._invalidations = 0
+        self._cleared = 0
+        self._invalidated: OrderedDict[str, int] = OrderedDict()
+        self._admission_flight: SingleFlight[bool] = SingleFlight()
+        self._view_flight: SingleFlight[StreamState | None] = SingleFlight()
+        self._blob_flight: SingleFlight[bytes] = SingleFlight()
 
     async def view(
         self, stream_id: str, load: Callable[[str], Awaitable[StreamState | None]]
@@ -88,11 +105,14 @@ class CoverCache:
             return entry[1]
 
         async def fill() -> StreamState | None:
-            generation = self._generation
-            value = await load(stream_id)
-            # An invalidation that arrived while loading may concern what was just read:
-            # serve it this once, but do not keep it.
-            if generation == self._generation:
+            self._loading[stream_id] = False
+            try:
+                value = await load(stream_id)
+            finally:
+                invalidated = self._loading.pop(stream_id)
+            # An invalidation of this stream that arrived while loading may concern what
+            # was just read: serve it this once, but do not keep it.
+            if not invalidated:
                 expires = self._clock() + self.ttl
                 until = value.cover.valid_until if value is not None and value.cover else None
                 if until is not None:
@@ -105,14 +125,67 @@ class CoverCache:
 
         return await self._view_flight.run(stream_id, fill)
 
+    def peek(self, stream_id: str) -> StreamState | None:
+        """The stream's cached state while it is fresh; None otherwise (nothing loaded)."""
+        entry = self._views.get(stream_id)
+        return entry[1] if entry is not None and entry[0] > self._clock() else None
+
     def invalidate(self, stream_id: str) -> None:
-        self._generation += 1
+        if stream_id in self._loading:
+            self._loading[stream_id] = True
         self._views.pop(stream_id, None)
+        for key in self._admitted.pop(stream_id, ()):
+            self._admissions.pop(key, None)
+        self._invalidations += 1
+        self._invalidated[stream_id] = self._invalidations
+        self._invalidated.move_to_end(stream_id)
+        while len(self._invalidated) > MAX_STREAMS:
+            self._invalidated.popitem(last=False)
 
     def clear(self) -> None:
         """Forget every cover view (e.g. after missing invalidations)."""
-        self._generation += 1
+        for stream_id in self._loading:
+            self._loading[stream_id] = True
         self._views.clear()
+        self._admissions.clear()
+        self._admitted.clear()
+        # Loads in flight started before this: none may keep what it read.
+        self._invalidations += 1
+        self._cleared = self._invalidations
+
+    async def admitted(
+        self, key: str, load: Callable[[str], Awaitable[tuple[str | None, bool]]]
+    ) -> bool:
+        """Whether storage ``key`` may be served; ``load`` gives its stream and the answer."""
+        entry = self._admissions.get(key)
+        if entry is not None and entry[0] > self._clock():
+            return entry[2]
+
+        async def fill() -> bool:
+            started = self._invalidations
+            stream_id, allowed = await load(key)
+            stale = self._cleared > started or (
+                stream_id is not None and self._invalidated.get(stream_id, 0) > started
+            )
+            if not stale:
+                self._forget_admission(key)
+                self._admissions[key] = (self._clock() + self.ttl, stream_id, allowed)
+                if stream_id is not None:
+                    self._admitted.setdefault(stream_id, set()).add(key)
+                while len(self._admissions) > MAX_STREAMS:
+                    self._forget_admission(next(iter(self._admissions)))
+            return allowed
+
+        return await self._admission_flight.run(key, fill)
+
+    def _forget_admission(self, key: str) -> None:
+        entry = self._admissions.pop(key, None)
+        if entry is not None and entry[1] is not None:
+            keys = self._admitted.get(entry[1])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._admitted[entry[1]]
 
     async def blob(self, key: str, load: Callable[[str], Awaitable[bytes]]) -> bytes:
         data = self._blobs.get(key)
@@ -176,3 +249,44 @@ class InvalidationListener:
                 delay = min(delay * 2, 10.0)
             except RuntimeError:
                 return  # the event loop closed under us: shutting down
+
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class HotResponses:
+    """Finished responses for hot covers, sent again without building anything: a hit
+    costs a dict lookup and two sends, no request or response object. An entry is used
+    only while ``cache`` still holds, fresh, the very state it was built from, so it
+    never outlives the cover cache's own entry (TTL, invalidations). Bounded in bytes
+    and entries; when full it starts over (hot covers come back at once)."""
+
+    def __init__(self, cache: CoverCache, *, max_bytes: int, max_entries: int = 4096) -> None:
+        self._cache = cache
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        self._bytes = 0
+        self._entries: dict[Hashable, tuple[str, StreamState, int, Headers, bytes]] = {}
+
+    def get(self, key: Hashable) -> tuple[int, Headers, bytes] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        stream_id, state, status, headers, body = entry
+        if self._cache.peek(stream_id) is not state:
+            del self._entries[key]
+            self._bytes -= len(body)
+            return None
+        return status, headers, body
+
+    def put(self, key: Hashable, stream_id: str, state: StreamState, status: int, headers: Headers, body: bytes) -> None:
+        if len(body) > self._max_bytes:
+            return
+        if len(self._entries) >= self._max_entries or self._bytes + len(body) > self._max_bytes:
+            self._entries.clear()
+            self._bytes = 0
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[4])
+        self._entries[key] = (stream_id, state, status, headers, body)
+        self._bytes += len(body)

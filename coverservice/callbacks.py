@@ -5,6 +5,7 @@ Pure: bytes, keys and the current time in; an event or a ``CallbackError`` out.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -62,7 +63,7 @@ class _ModerationPayload(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     event_type: Literal[317]
-    streamId: StreamName  # noqa: N815  (CSS's field name)
+    streamId: StreamName  # CSS's field name
     img: Url
     suggestion: Word
 
@@ -72,6 +73,9 @@ class _StreamStatePayload(BaseModel):
 
     event_type: Literal[0, 1]
     stream_id: StreamName
+    # When CSS saw the push start or stop; the callback itself can arrive much later
+    # (CSS retries), and frames are judged against the event's time, not the arrival.
+    event_time: Annotated[StrictInt, Field(gt=0, lt=253_402_300_800)] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class ModerationEvent:
 class StreamStateEvent:
     stream_id: str
     live: bool  # event 1: push started; event 0: push interrupted
+    event_time: int | None  # Unix seconds, when the callback says
 
 
 @dataclass(frozen=True)
@@ -150,13 +155,22 @@ def parse_callback(
         )
     if event_type in (PUSH_STARTED, PUSH_INTERRUPTED):
         state = _validate(_StreamStatePayload, payload, "stream state")
-        return StreamStateEvent(stream_id=state.stream_id, live=event_type == PUSH_STARTED)
+        return StreamStateEvent(
+            stream_id=state.stream_id, live=event_type == PUSH_STARTED, event_time=state.event_time
+        )
     return IgnoredEvent(event_type)
 
 
 def sign(key: str, t: int) -> str:
     """The CSS signature: md5(key + t) as lowercase hex."""
     return hashlib.md5(f"{key}{t}".encode(), usedforsecurity=False).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _signatures(keys: tuple[str, ...], t: int) -> tuple[bytes, ...]:
+    # CSS signs with t = send time + a fixed validity, so the callbacks of one second share
+    # their t: at thousands of callbacks a second the digests are computed once per second.
+    return tuple(sign(key, t).encode() for key in keys)
 
 
 def verify_signature(
@@ -177,8 +191,8 @@ def verify_signature(
     given_bytes = given.encode("utf-8", "replace")
     # Every key is compared, match or not, so timing says nothing about which one matched.
     matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(sign(key, t).encode(), given_bytes)
+    for expected in _signatures(keys, t):
+        matched |= hmac.compare_digest(expected, given_bytes)
     if not matched:
         raise SignatureRejected("sign does not match any configured callback key")
     if t < now:

@@ -1,8 +1,9 @@
-"""Command line: ``coverservice serve | worker | migrate | bench | score | bench-quality``."""
+"""Command line: ``coverservice serve | worker | migrate | demo | bench | score | bench-quality``."""
 
 from __future__ import annotations
 
 import logging
+import pathlib
 import signal
 import threading
 from types import FrameType
@@ -10,37 +11,37 @@ from types import FrameType
 import click
 import uvicorn
 
-from . import db
+from . import db, logs
 from .settings import ConfigurationError, Settings, load_settings
 
 
 def _settings() -> Settings:
+    """The settings, and logging as they say (``--log-level`` wins over
+    COVERSERVICE_LOG_LEVEL), with every secret they hold scrubbed from the logs."""
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = click.get_current_context().obj or settings.log_level
+    logs.configure(settings.log_format, level, secrets=settings.secret_values())
+    return settings
 
 
 @click.group()
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", type=click.Choice(logs.LOG_LEVELS),
+              help="Overrides COVERSERVICE_LOG_LEVEL (default info).")
 @click.pass_context
-def main(ctx: click.Context, log_level: str) -> None:
+def main(ctx: click.Context, log_level: str | None) -> None:
     """Live-room covers: the best recent screenshot of every stream."""
     ctx.obj = log_level
-    _logging(log_level)
+    logs.configure("text", log_level or "info")
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-worker", is_flag=True, help="API only; run `coverservice worker` separately.")
-@click.pass_obj
-def serve(log_level: str, host: str, port: int, no_worker: bool) -> None:
+def serve(host: str, port: int, no_worker: bool) -> None:
     """Serve the API (with an in-process worker unless --no-worker). Applies migrations."""
     from .app import create_app
 
@@ -48,19 +49,34 @@ def serve(log_level: str, host: str, port: int, no_worker: bool) -> None:
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine)
     app = create_app(settings, engine=engine, run_worker=not no_worker)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+    # log_config=None: uvicorn's loggers go through ours (format, request id, scrubbing).
+    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=False)
 
 
 @main.command()
-def worker() -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this port (0: any free port, logged). Default: off.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
+def worker(metrics_port: int | None, metrics_host: str) -> None:
     """Process screenshots. Several may run against one Postgres."""
+    import prometheus_client
+
     from .fetch import Fetcher
+    from .metrics import Metrics
     from .storage import storage_from_url
     from .worker import Worker
 
     settings = _settings()
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine)
+    sessions = db.make_session_factory(engine)
+    metrics = Metrics()
+    exporter = None
+    if metrics_port is not None:
+        metrics.track_queue(sessions, ttl=settings.metrics_queue_ttl)
+        exporter, _ = prometheus_client.start_http_server(metrics_port, metrics_host, registry=metrics.registry)
+        host, port = exporter.server_address[:2]
+        logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", host, port)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -69,14 +85,19 @@ def worker() -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with Fetcher.from_settings(settings) as fetcher:
-        Worker(
-            settings,
-            session_factory=db.make_session_factory(engine),
-            storage=storage_from_url(settings.storage_url),
-            fetch=fetcher.fetch,
-            name=settings.worker_name or None,
-        ).run(stop)
+    try:
+        with Fetcher.from_settings(settings) as fetcher:
+            Worker(
+                settings,
+                session_factory=sessions,
+                storage=storage_from_url(settings.storage_url),
+                fetch=fetcher.fetch,
+                name=settings.worker_name or None,
+                metrics=metrics,
+            ).run(stop)
+    finally:
+        if exporter is not None:
+            exporter.shutdown()
 
 
 @main.command()
@@ -164,6 +185,51 @@ def score(files: tuple[str, ...], max_pixels: int, as_json: bool) -> None:
         click.echo(json.dumps({"pick": pick}))
     else:
         click.echo(f"would pick: {pick}" if pick else "would pick: none (no usable frame)")
+
+
+@main.command()
+@click.option("--url", help="A running coverservice to use (it must be allowed to download from 127.0.0.1: "
+              "COVERSERVICE_FETCH_ALLOWED_HOSTS=127.0.0.1:* and COVERSERVICE_FETCH_ALLOW_PRIVATE=true). "
+              "Default: start one on the embedded default, stopped at the end.")
+@click.option("--key", default="", help="With --url: the service's callback key (COVERSERVICE_CALLBACK_KEYS).")
+@click.option("--admin-token", default="", help="With --url: one of the service's COVERSERVICE_ADMIN_TOKENS "
+              "(the demo reads each frame's outcome from the admin API).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=pathlib.Path),
+              help="Output directory: screenshots, covers, contact-sheet.html (and the started service's "
+              "database, storage and log). Default: a new temporary directory, kept.")
+@click.option("--rooms", default=4, show_default=True, type=click.IntRange(1, 4),
+              help="Simulated live rooms: game, talking head, outdoor pan, portrait phone stream.")
+@click.option("--frames", default=12, show_default=True, type=click.IntRange(2, 200), help="Screenshots per room.")
+@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0, 60),
+              help="Seconds between a room's screenshots (CSS takes one every 5-10 s).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds to wait for the last frames to be processed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (every frame, what the demo "
+              "did to it, its outcome, the covers).")
+def demo(url: str | None, key: str, admin_token: str, directory: pathlib.Path | None, rooms: int, frames: int,
+         interval: float, timeout: float, as_json: bool) -> None:
+    """Show the product working: simulated live rooms send signed screenshot callbacks
+    (some frames blurred, dark, noisy or black), then each room's cover is printed and an
+    HTML contact sheet of every frame is written. Progress on stderr; exit 1 if a room
+    gets no cover or a degraded one."""
+    import time
+
+    from . import demo as demonstration
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the progress
+    config = demonstration.Config(rooms=rooms, frames=frames, interval=interval, timeout=timeout,
+                                  directory=directory, url=url, key=key, admin_token=admin_token)
+    started = time.monotonic()
+    try:
+        summary = demonstration.run(
+            config, progress=lambda line: click.echo(f"demo {time.monotonic() - started:6.1f}s  {line}", err=True)
+        )
+    except demonstration.DemoError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(demonstration.to_json(summary) if as_json else demonstration.format_text(summary))
+    if not summary.ok:
+        more = f" (and {len(summary.problems) - 1} more, above)" if len(summary.problems) > 1 else ""
+        raise click.ClickException(summary.problems[0] + more)
 
 
 @main.command("bench-quality")

@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 
 from . import scenes
-from .bench import LOOPBACK, BenchError, ScreenshotServer, _free_port, _Process
+from .bench import LOOPBACK, BenchError, ScreenshotServer, ServiceProcess, free_port
 from .callbacks import PUSH_STARTED, SCREENSHOT, sign
 from .scenes import Degradation, Size
 
@@ -256,10 +256,10 @@ def _start_service(directory: Path, cos_port: int, progress: Progress) -> Iterat
         "COVERSERVICE_COVER_MIN_INTERVAL": "0",
         "COVERSERVICE_WORKER_POLL_INTERVAL": "0.2",
     }
-    port = _free_port()
+    port = free_port()
     log = directory / "service.log"
     progress(f"starting coverservice serve on {LOOPBACK}:{port} (SQLite and storage in {directory})")
-    service = _Process(["serve", "--host", LOOPBACK, "--port", str(port)], env, log, port)
+    service = ServiceProcess(["serve", "--host", LOOPBACK, "--port", str(port)], env, log, port)
     try:
         with service:
             progress(f"service up (pid {service.pid}); log: {log}")

@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse, Response
 
 from . import __version__
 from .callbacks import STREAM_ID_PATTERN
-from .imaging import FORMATS, SIZES
+from .covers import ALL_FORMATS, MAX_BATCH
+from .imaging import SIZES
 
 _JSON = "application/json"
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
@@ -42,7 +43,12 @@ _STREAM_ID = {"type": "string", "pattern": STREAM_ID_PATTERN}
 _STREAM_PARAM = {"name": "stream_id", "in": "path", "required": True, "schema": _STREAM_ID}
 _FRAME_PARAM = {"name": "frame_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 _SIZE_PARAM = {"name": "size", "in": "query", "schema": {"enum": list(SIZES)}}
-_FORMAT_PARAM = {"name": "format", "in": "query", "schema": {"enum": list(FORMATS)}}
+_FORMAT_PARAM = {"name": "format", "in": "query", "schema": {"enum": list(ALL_FORMATS)}}
+# /r/{digest}.{fmt}: renditions in any format, and the placeholder image (which may be a PNG).
+_IMAGE_PARAMS = [
+    {"name": "digest", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+    {"name": "fmt", "in": "path", "required": True, "schema": {"enum": [*ALL_FORMATS, "png"]}},
+]
 _LIMIT_PARAM = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
 _ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
 _ADMIN_ERRORS = {
@@ -116,7 +122,11 @@ _SCHEMAS: dict[str, Any] = {
         "allOf": [_ref("Signature")],
         "type": "object",
         "required": ["event_type", "stream_id"],
-        "properties": {"event_type": {"enum": [0, 1]}, "stream_id": _STREAM_ID},
+        "properties": {
+            "event_type": {"enum": [0, 1]},
+            "stream_id": _STREAM_ID,
+            "event_time": {"type": "integer", "minimum": 1, "maximum": 253_402_300_799},
+        },
     },
     "OtherEvent": {
         "description": "any other event type: acknowledged and ignored",
@@ -136,16 +146,49 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "score": {"type": ["number", "null"]},
             "metrics": {"type": ["object", "null"]},
-            "urls": {"type": "object", "additionalProperties": {"type": "object"}},
+            "urls": {
+                "description": "size → format → the stream's URL (follows the stream; short max-age)",
+                "type": "object",
+                "additionalProperties": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+            "images": {
+                "description": "size → format → this version's immutable URL (AVIF once first asked for)",
+                "type": "object",
+                "additionalProperties": {"type": "object", "additionalProperties": _ref("Image")},
+            },
+            "placeholder": {"oneOf": [_ref("Placeholder"), {"type": "null"}]},
+        },
+    },
+    "Image": {
+        "type": "object",
+        "required": ["url", "width", "height", "bytes"],
+        "properties": {
+            "url": {"type": "string"},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "bytes": {"type": "integer"},
+        },
+    },
+    "Placeholder": {
+        "description": "what to paint before the image arrives",
+        "type": "object",
+        "required": ["color", "blurhash"],
+        "properties": {
+            "color": {"type": "string", "pattern": "^#[0-9a-f]{6}$", "description": "dominant colour"},
+            "blurhash": {"type": "string", "description": "BlurHash, 4×3 components"},
         },
     },
     "CoverMetadata": {
         "type": "object",
-        "required": ["stream_id", "live", "cover"],
+        "required": ["stream_id", "live", "cover", "placeholder_url"],
         "properties": {
             "stream_id": {"type": "string"},
-            "live": {"type": ["boolean", "null"]},
+            "live": {"type": ["boolean", "null"], "description": "null: a stream never heard of"},
             "cover": {"oneOf": [_ref("Cover"), {"type": "null"}]},
+            "placeholder_url": {
+                "type": ["string", "null"],
+                "description": "without a cover: the configured placeholder image's immutable URL",
+            },
         },
     },
 }
@@ -188,7 +231,7 @@ _PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "200": {
                     "description": "the cover; ETag from the bytes, Cache-Control, X-Cover-Version",
-                    "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in FORMATS.values()},
+                    "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ALL_FORMATS.values()},
                 },
                 "304": {"description": "If-None-Match matched"},
                 "400": _error("unknown size or format"),
@@ -219,6 +262,54 @@ _PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/api/covers": {
+        "get": {
+            "summary": "Cover metadata of many streams at once (a page of rooms), in the order asked",
+            "tags": ["covers"],
+            "parameters": [
+                {
+                    "name": "ids",
+                    "in": "query",
+                    "required": True,
+                    "description": f"stream ids, comma-separated, at most {MAX_BATCH}; repeats are listed once",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": _json(
+                    {"type": "object", "properties": {"covers": {"type": "array", "items": _ref("CoverMetadata")}}},
+                    "one entry per id; streams without a cover have cover null",
+                ),
+                "400": _error("no ids, more than the limit, or one that is not a stream id"),
+            },
+        }
+    },
+    "/r/{digest}.{fmt}": {
+        "get": {
+            "summary": "An image by the SHA-256 of its bytes: immutable, cacheable for a year",
+            "tags": ["covers"],
+            "parameters": [*_IMAGE_PARAMS, {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
+            "responses": {
+                "200": {
+                    "description": "the image; strong ETag, Cache-Control immutable",
+                    "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ALL_FORMATS.values()},
+                },
+                "304": {"description": "If-None-Match matched"},
+                "404": _error("no such image (short max-age)"),
+                "503": _error("the image could not be read from storage"),
+            },
+        },
+        "head": {
+            "summary": "The image's headers",
+            "tags": ["covers"],
+            "parameters": _IMAGE_PARAMS,
+            "responses": {
+                "200": {"description": "as GET, without the body"},
+                "304": {"description": "If-None-Match matched"},
+                "404": {"description": "no such image"},
+            },
+        },
+    },
     "/healthz": {
         "get": {
             "summary": "The process is up",
@@ -233,6 +324,18 @@ _PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "200": _json({"type": "object"}, "ready"),
                 "503": _json({"type": "object"}, "names the dependency that is not"),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics of this process, and the frame queue read from the database",
+            "tags": ["health"],
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
             },
         }
     },

@@ -6,16 +6,31 @@ what commits together (e.g. a frame's result and the cover it produced).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, text, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import TextClause
 
 from .callbacks import ModerationEvent, ScreenshotEvent
+from .db import UTCDateTime
 from .models import (
     AuditEntry,
     Cover,
@@ -52,6 +67,14 @@ class StoredRendition:
 
 
 @dataclass(frozen=True)
+class Placeholder:
+    """What a page paints while the cover loads."""
+
+    color: str  # "#rrggbb", the cover's dominant colour
+    blurhash: str
+
+
+@dataclass(frozen=True)
 class CoverView:
     stream_id: str
     cover_id: int
@@ -63,6 +86,7 @@ class CoverView:
     metrics: dict[str, Any] | None
     renditions: dict[tuple[str, str], StoredRendition]  # (size, format) -> rendition
     valid_until: datetime | None = None  # an override's expiry: caches must not outlive it
+    placeholder: Placeholder | None = None
 
 
 @dataclass(frozen=True)
@@ -106,65 +130,186 @@ class NewFrame:
     reason: str = ""
 
 
-def record_frames(session: Session, frames: Sequence[NewFrame], *, now: datetime) -> None:
-    """Store screenshot callbacks, many per statement: the API groups concurrent
-    callbacks into one transaction. A CSS retry (same stream and pic_url as a recorded
-    frame) is skipped; a frame a 317 already flagged is born blocked."""
+def record_frames(session: Session | Connection, frames: Sequence[NewFrame], *, now: datetime) -> list[bool]:
+    """Store screenshot callbacks, a whole batch in one statement per table: the API
+    groups concurrent callbacks into one transaction, and this is its hot path. A CSS
+    retry (same stream and pic_url as a recorded frame) is skipped; a frame a 317 already
+    flagged is born blocked. Returns, for each frame, whether it was stored (False: a
+    retry of one already recorded).
+
+    The batch travels as one JSON document that the database unpacks into rows: one
+    parameter whatever the batch size, no per-row work in SQLAlchemy, and on Postgres one
+    round trip for streams and frames together (a data-modifying CTE). The statements go
+    to the driver's cursor as they are, compiled once: SQLAlchemy's execution and result
+    machinery would cost as much CPU per batch as the driver itself."""
     if not frames:
-        return
-    latest: dict[str, datetime] = {}
-    for f in frames:
-        latest[f.event.stream_id] = max(f.captured_at, latest.get(f.event.stream_id, f.captured_at))
-    stream = _insert(session, Stream)
-    newer = stream.excluded.last_frame_at
-    session.execute(
-        stream.on_conflict_do_update(
-            index_elements=[Stream.id],
-            set_={
-                "last_frame_at": case(
-                    (or_(Stream.last_frame_at.is_(None), Stream.last_frame_at < newer), newer),
-                    else_=Stream.last_frame_at,
-                )
-            },
-        ),
-        # Sorted: concurrent batches lock stream rows in one order, so never deadlock.
-        [{"id": sid, "created_at": now, "last_frame_at": at} for sid, at in sorted(latest.items())],
-    )
-    pairs = [(f.event.stream_id, f.event.pic_url) for f in frames]
-    flagged = {
-        (sid, path)
-        for sid, path in session.execute(
-            select(ModerationFlag.stream_id, ModerationFlag.img_path).where(
-                tuple_(ModerationFlag.stream_id, ModerationFlag.img_path).in_(pairs)
-            )
-        )
-    }
-    session.execute(
-        _insert(session, Frame).on_conflict_do_nothing(index_elements=[Frame.stream_id, Frame.pic_url]),
+        return []
+    conn = session.connection() if isinstance(session, Session) else session
+    plan = _record_frames_plan(conn.dialect)
+    batch = json.dumps(
         [
             {
                 "stream_id": f.event.stream_id,
                 "channel_id": f.event.channel_id,
                 "pic_url": f.event.pic_url,
                 "pic_full_url": f.event.pic_full_url,
-                "captured_at": f.captured_at,
+                "captured_at": plan.stamp(f.captured_at),
                 "file_size": f.event.file_size,
                 "width": f.event.width,
                 "height": f.event.height,
                 "app": f.event.app,
-                "payload": f.event.payload,
-                "received_at": now,
+                # As JSON text inside the document: unpacking the document unescapes its
+                # strings, and \u0000 or a lone surrogate in a payload would then fail the
+                # batch; the payload's own text goes into the json column as received.
+                "payload": json.dumps(f.event.payload),
                 "status": f.status.value,
                 "reason": f.reason,
-                "attempts": 0,
-                "available_at": now,
-                "processed_at": None if f.status is FrameStatus.PENDING else now,
-                "blocked": (f.event.stream_id, f.event.pic_url) in flagged,
-                "blocked_reason": MODERATION_REASON if (f.event.stream_id, f.event.pic_url) in flagged else None,
             }
             for f in frames
-        ],
+        ]
     )
+    params = {"batch": batch, "now": plan.now(now)}
+    stored = {(sid, path) for sid, path in _run_on_driver(conn, plan.statements, params)}
+    new = []
+    for pair in ((f.event.stream_id, f.event.pic_url) for f in frames):
+        new.append(pair in stored)
+        stored.discard(pair)  # the same screenshot twice in one batch is stored once
+    return new
+
+
+def records_frames_in_one_statement(dialect: Dialect) -> bool:
+    """Whether record_frames is a single statement here, atomic without a transaction."""
+    return len(_record_frames_plan(dialect).statements) == 1
+
+
+@dataclass(frozen=True)
+class _DriverStatement:
+    sql: str  # in the driver's parameter style
+    positions: tuple[str, ...] | None  # parameter names in order, for positional styles
+
+    def bind(self, params: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
+        return params if self.positions is None else tuple(params[name] for name in self.positions)
+
+
+@dataclass(frozen=True)
+class _RecordFramesPlan:
+    statements: tuple[_DriverStatement, ...]
+    stamp: Callable[[datetime], Any]  # captured_at inside the JSON document
+    now: Callable[[datetime], Any]  # the :now parameter, as its column type binds it
+
+
+_PLANS: dict[tuple[str, str], _RecordFramesPlan] = {}
+
+
+def _record_frames_plan(dialect: Dialect) -> _RecordFramesPlan:
+    key = (dialect.name, dialect.paramstyle)
+    plan = _PLANS.get(key)
+    if plan is None:
+        postgres = dialect.name == "postgresql"
+        compiled = [s.compile(dialect=dialect) for s in (_RECORD_FRAMES_POSTGRES if postgres else _RECORD_FRAMES_SQLITE)]
+        plan = _PLANS[key] = _RecordFramesPlan(
+            statements=tuple(
+                _DriverStatement(c.string, tuple(c.positiontup or ()) if c.positional else None) for c in compiled
+            ),
+            # Postgres parses ISO 8601; on SQLite, the text SQLAlchemy writes for these
+            # columns, so values compare.
+            stamp=datetime.isoformat if postgres else _bind_utc(dialect),
+            now=_bind_utc(dialect),
+        )
+    return plan
+
+
+def _run_on_driver(conn: Connection, statements: Sequence[_DriverStatement], params: dict[str, Any]) -> list[Any]:
+    """Run ``statements`` on ``conn``'s driver connection, inside whatever transaction
+    ``conn`` has open; the rows of the last. Driver errors come out as SQLAlchemy's
+    (DBAPIError), and a connection lost on the way is invalidated, as when SQLAlchemy runs
+    a statement itself."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    driver = conn.connection.dbapi_connection
+    assert driver is not None  # a checked-out connection has one
+    cursor = driver.cursor()
+    statement = statements[0]
+    try:
+        for statement in statements:
+            cursor.execute(statement.sql, statement.bind(params))
+        return list(cursor.fetchall())
+    except dbapi_error as exc:
+        lost = conn.dialect.is_disconnect(exc, driver, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            statement.sql, params, exc, dbapi_error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
+    finally:
+        cursor.close()
+
+
+def _bind_utc(dialect: Dialect) -> Callable[[datetime], Any]:
+    # The column type's processor for this dialect: UTC (made naive and written as text
+    # on SQLite).
+    process = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    return process
+
+
+# Streams are upserted in id order: concurrent batches lock stream rows in one order, so
+# they never deadlock. A frame's processed_at is set only when it is born finished (a
+# download refused at ingest).
+_FRAME_COLUMNS = (
+    "stream_id, channel_id, pic_url, pic_full_url, captured_at, file_size, width, height, app, payload, "
+    "received_at, status, reason, attempts, available_at, processed_at, blocked, blocked_reason"
+)
+_NOW = bindparam("now", type_=UTCDateTime())
+_RECORD_FRAMES_POSTGRES: tuple[TextClause, ...] = (
+    text(
+        f"""
+WITH batch AS (
+    SELECT * FROM json_to_recordset(CAST(:batch AS json)) AS b(
+        stream_id text, channel_id text, pic_url text, pic_full_url text, captured_at timestamptz,
+        file_size bigint, width integer, height integer, app text, payload text, status text, reason text)
+), seen AS (
+    INSERT INTO streams (id, created_at, last_frame_at)
+    SELECT stream_id, :now, max(captured_at) FROM batch GROUP BY stream_id ORDER BY stream_id
+    ON CONFLICT (id) DO UPDATE SET last_frame_at = GREATEST(streams.last_frame_at, excluded.last_frame_at)
+)
+INSERT INTO frames ({_FRAME_COLUMNS})
+SELECT b.stream_id, b.channel_id, b.pic_url, b.pic_full_url, b.captured_at, b.file_size, b.width, b.height,
+    b.app, CAST(b.payload AS json), :now, b.status, b.reason, 0, :now, CASE WHEN b.status = 'pending' THEN NULL ELSE :now END,
+    f.stream_id IS NOT NULL, CASE WHEN f.stream_id IS NOT NULL THEN '{MODERATION_REASON}' END
+FROM batch b LEFT JOIN moderation_flags f ON f.stream_id = b.stream_id AND f.img_path = b.pic_url
+ON CONFLICT (stream_id, pic_url) DO NOTHING
+RETURNING stream_id, pic_url"""
+    ).bindparams(_NOW),
+)
+# SQLite has no data-modifying CTEs: two statements over json_each. "WHERE true" keeps
+# ON CONFLICT from being read as a join's ON (SQLite's documented parsing ambiguity).
+_SQLITE_FIELD = "json_extract(b.value, '$.{}')"
+_RECORD_FRAMES_SQLITE: tuple[TextClause, ...] = (
+    text(
+        f"""
+INSERT INTO streams (id, created_at, last_frame_at)
+SELECT {_SQLITE_FIELD.format("stream_id")}, :now, max({_SQLITE_FIELD.format("captured_at")})
+FROM json_each(:batch) AS b WHERE true GROUP BY 1 ORDER BY 1
+ON CONFLICT (id) DO UPDATE SET last_frame_at = CASE
+    WHEN streams.last_frame_at IS NULL OR streams.last_frame_at < excluded.last_frame_at
+    THEN excluded.last_frame_at ELSE streams.last_frame_at END"""
+    ).bindparams(_NOW),
+    text(
+        f"""
+INSERT INTO frames ({_FRAME_COLUMNS})
+SELECT {", ".join(_SQLITE_FIELD.format(c) for c in ("stream_id", "channel_id", "pic_url", "pic_full_url",
+        "captured_at", "file_size", "width", "height", "app"))},
+    {_SQLITE_FIELD.format("payload")}, :now, {_SQLITE_FIELD.format("status")},
+    {_SQLITE_FIELD.format("reason")}, 0, :now,
+    CASE WHEN {_SQLITE_FIELD.format("status")} = 'pending' THEN NULL ELSE :now END,
+    f.stream_id IS NOT NULL, CASE WHEN f.stream_id IS NOT NULL THEN '{MODERATION_REASON}' END
+FROM json_each(:batch) AS b LEFT JOIN moderation_flags f
+    ON f.stream_id = {_SQLITE_FIELD.format("stream_id")} AND f.img_path = {_SQLITE_FIELD.format("pic_url")}
+WHERE true
+ON CONFLICT (stream_id, pic_url) DO NOTHING
+RETURNING stream_id, pic_url"""
+    ).bindparams(_NOW),
+)
 
 
 # --- worker: claiming and finishing -------------------------------------------------------
@@ -348,6 +493,7 @@ def create_cover(
     captured_at: datetime | None,
     renditions: Sequence[StoredRendition],
     now: datetime,
+    placeholder: Placeholder | None = None,
 ) -> int:
     """Insert a cover and its renditions (whose objects are already stored)."""
     cover = Cover(
@@ -357,6 +503,8 @@ def create_cover(
         score=score,
         captured_at=captured_at,
         created_at=now,
+        placeholder_color=placeholder.color if placeholder else None,
+        placeholder_blurhash=placeholder.blurhash if placeholder else None,
     )
     session.add(cover)
     session.flush()
@@ -388,6 +536,7 @@ def install_cover(
     captured_at: datetime | None,
     renditions: Sequence[StoredRendition],
     now: datetime,
+    placeholder: Placeholder | None = None,
 ) -> int | None:
     """Make a new automatic cover current, if the stream still has the cover the decision
     was made against (compare-and-set under the stream's row lock). Returns the new cover
@@ -402,7 +551,7 @@ def install_cover(
         return None  # blocked since the decision: decide again without it
     cover_id = create_cover(
         session, stream_id, frame_id=frame_id, source=CoverSource.AUTO, score=score,
-        captured_at=captured_at, renditions=renditions, now=now,
+        captured_at=captured_at, renditions=renditions, now=now, placeholder=placeholder,
     )
     session.execute(update(Stream).where(Stream.id == stream_id).values(cover_id=cover_id))
     notify_cover_change(session, stream_id)
@@ -420,11 +569,22 @@ def stream_state(session: Session, stream_id: str, *, now: datetime) -> StreamSt
     if stream is None:
         return None
     live, auto_id, override_id, expires_at = stream
-    if override_id is not None and (expires_at is None or expires_at > now):
-        return StreamState(stream_id, live, _view(session, stream_id, override_id, expires_at))
-    if auto_id is not None:
-        return StreamState(stream_id, live, _view(session, stream_id, auto_id, None))
+    shown = _shown_cover(auto_id, override_id, expires_at, now)
+    if shown is not None:
+        return StreamState(stream_id, live, _view(session, stream_id, *shown))
     return StreamState(stream_id, live, None)
+
+
+def _shown_cover(
+    auto_id: int | None, override_id: int | None, expires_at: datetime | None, now: datetime
+) -> tuple[int, datetime | None] | None:
+    """The cover a stream shows and until when: an unexpired override, else its
+    automatic cover."""
+    if override_id is not None and (expires_at is None or expires_at > now):
+        return override_id, expires_at
+    if auto_id is not None:
+        return auto_id, None
+    return None
 
 
 def cover_view(session: Session, stream_id: str, *, now: datetime) -> CoverView | None:
@@ -437,6 +597,16 @@ def _view(session: Session, stream_id: str, cover_id: int, valid_until: datetime
         select(Cover, Frame.metrics).outerjoin(Frame, Frame.id == Cover.frame_id).where(Cover.id == cover_id)
     ).one()
     renditions = session.scalars(select(Rendition).where(Rendition.cover_id == cover.id)).all()
+    return _cover_view(stream_id, cover, metrics, renditions, valid_until)
+
+
+def _cover_view(
+    stream_id: str,
+    cover: Cover,
+    metrics: dict[str, Any] | None,
+    renditions: Sequence[Rendition],
+    valid_until: datetime | None,
+) -> CoverView:
     return CoverView(
         stream_id=stream_id,
         cover_id=cover.id,
@@ -446,14 +616,83 @@ def _view(session: Session, stream_id: str, cover_id: int, valid_until: datetime
         captured_at=cover.captured_at,
         created_at=cover.created_at,
         metrics=metrics,
-        renditions={
-            (r.size, r.format): StoredRendition(
-                r.size, r.format, r.key, r.etag, r.content_type, r.width, r.height, r.byte_size
-            )
-            for r in renditions
-        },
+        renditions={(r.size, r.format): _stored(r) for r in renditions},
         valid_until=valid_until,
+        placeholder=_placeholder(cover),
     )
+
+
+def _placeholder(cover: Cover) -> Placeholder | None:
+    if cover.placeholder_color is None or cover.placeholder_blurhash is None:
+        return None
+    return Placeholder(cover.placeholder_color, cover.placeholder_blurhash)
+
+
+def stream_states(session: Session, stream_ids: Sequence[str], *, now: datetime) -> dict[str, StreamState]:
+    """``stream_state`` of many streams in three statements whatever their number (a page
+    of rooms). Streams never heard of are absent from the result."""
+    streams = session.execute(
+        select(Stream.id, Stream.live, Stream.cover_id, Stream.override_cover_id, Stream.override_expires_at).where(
+            Stream.id.in_(stream_ids)
+        )
+    ).all()
+    shown = {sid: _shown_cover(auto_id, override_id, expires_at, now) for sid, _, auto_id, override_id, expires_at in streams}
+    cover_ids = [c[0] for c in shown.values() if c is not None]
+    covers: dict[int, tuple[Cover, dict[str, Any] | None]] = {}
+    renditions: dict[int, list[Rendition]] = {cover_id: [] for cover_id in cover_ids}
+    if cover_ids:
+        for cover, metrics in session.execute(
+            select(Cover, Frame.metrics).outerjoin(Frame, Frame.id == Cover.frame_id).where(Cover.id.in_(cover_ids))
+        ):
+            covers[cover.id] = (cover, metrics)
+        for rendition in session.scalars(select(Rendition).where(Rendition.cover_id.in_(cover_ids))):
+            renditions[rendition.cover_id].append(rendition)
+    states = {}
+    for sid, live, *_ in streams:
+        pick = shown[sid]
+        view = None
+        if pick is not None and pick[0] in covers:
+            cover, metrics = covers[pick[0]]
+            view = _cover_view(sid, cover, metrics, renditions[cover.id], pick[1])
+        states[sid] = StreamState(sid, live, view)
+    return states
+
+
+def rendition_owner(session: Session, key: str) -> tuple[str | None, bool]:
+    """The stream whose covers use the object at ``key`` (None: no cover does), and whether
+    one of them may show it: its frame is not blocked (uploads have no frame)."""
+    shown = or_(Frame.id.is_(None), Frame.blocked.is_(False))
+    row = session.execute(
+        select(Cover.stream_id, shown)
+        .join(Rendition, Rendition.cover_id == Cover.id)
+        .outerjoin(Frame, Frame.id == Cover.frame_id)
+        .where(Rendition.key == key)
+        .order_by(shown.desc())
+        .limit(1)
+    ).first()
+    return (None, False) if row is None else (row[0], bool(row[1]))
+
+
+def add_rendition(session: Session, stream_id: str, cover_id: int, rendition: StoredRendition) -> StoredRendition:
+    """Record a rendition made after its cover (AVIF, rendered on first request), its
+    object already stored. The first one recorded for a (cover, size, format) stays, so
+    its URL keeps its bytes when two processes render it at once: returns that one."""
+    session.execute(
+        _insert(session, Rendition)
+        .values(cover_id=cover_id, **asdict(rendition))  # the dataclass names the columns
+        .on_conflict_do_nothing(index_elements=[Rendition.cover_id, Rendition.size, Rendition.format])
+    )
+    r = session.execute(
+        select(Rendition).where(
+            Rendition.cover_id == cover_id, Rendition.size == rendition.size, Rendition.format == rendition.format
+        )
+    ).scalar_one()
+    notify_cover_change(session, stream_id)
+    return _stored(r)
+
+
+def _stored(r: Rendition) -> StoredRendition:
+    return StoredRendition(r.size, r.format, r.key, r.etag, r.content_type, r.width, r.height, r.byte_size)
 
 
 def notify_cover_change(session: Session, stream_id: str) -> None:
@@ -591,14 +830,23 @@ def claim_reselections(session: Session, *, limit: int) -> list[str]:
 # --- stream lifecycle ----------------------------------------------------------------------------
 
 
-def set_stream_live(session: Session, stream_id: str, *, live: bool, now: datetime) -> None:
-    stmt = _insert(session, Stream).values(id=stream_id, created_at=now, live=live, live_changed_at=now)
-    session.execute(
+def set_stream_live(
+    session: Session, stream_id: str, *, live: bool, at: datetime, now: datetime
+) -> bool:
+    """Record a push start or stop that happened ``at``; False when a later one is already
+    recorded (CSS retries callbacks, so they can arrive out of order)."""
+    stmt = _insert(session, Stream).values(id=stream_id, created_at=now, live=live, live_changed_at=at)
+    result = session.execute(
         stmt.on_conflict_do_update(
-            index_elements=[Stream.id], set_={"live": live, "live_changed_at": now}
+            index_elements=[Stream.id],
+            set_={"live": live, "live_changed_at": at},
+            where=or_(Stream.live_changed_at.is_(None), Stream.live_changed_at <= at),
         )
     )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
     notify_cover_change(session, stream_id)
+    return True
 
 
 # --- admin listings and audit ---------------------------------------------------------------------
@@ -669,3 +917,38 @@ def prune(session: Session, *, before: datetime) -> list[str]:
 def frame_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Frame.status, func.count()).group_by(Frame.status)).all()
     return {status: count for status, count in rows}
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    pending: int
+    processing: int
+    due: int
+    oldest_due_age: float  # seconds; 0 when nothing is due
+
+
+def queue_stats(session: Session, *, now: datetime) -> QueueStats:
+    """The frame queue for monitoring. Every condition leads with ``status``, so both
+    queries are index ranges on (status, available_at): their cost follows the queue,
+    not the millions of finished frames kept for retention."""
+    counts = dict(
+        session.execute(
+            select(Frame.status, func.count())
+            .where(Frame.status.in_([FrameStatus.PENDING, FrameStatus.PROCESSING]))
+            .group_by(Frame.status)
+        ).all()
+    )
+    due, oldest = session.execute(
+        select(func.count(), func.min(Frame.available_at)).where(
+            Frame.status == FrameStatus.PENDING, Frame.available_at <= now
+        )
+    ).one()
+    age = 0.0
+    if oldest is not None:
+        age = max(0.0, (now - oldest).total_seconds())
+    return QueueStats(
+        pending=int(counts.get(FrameStatus.PENDING, 0)),
+        processing=int(counts.get(FrameStatus.PROCESSING, 0)),
+        due=int(due),
+        oldest_due_age=age,
+    )

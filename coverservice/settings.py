@@ -8,7 +8,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -92,8 +92,18 @@ class Settings(BaseSettings):
     cover_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     placeholder_path: Path | None = None
     public_base_url: str = ""
+    # Origins whose pages may read covers and metadata with fetch()/XHR (CORS); "*" for
+    # any. Empty: no CORS headers, as browsers' <img> loads need none.
+    cors_origins: CommaList = ()
 
-    @field_validator("callback_keys", "fetch_allowed_hosts", "admin_tokens", mode="before")
+    # --- operations ----------------------------------------------------------------------
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The queue gauges of /metrics are read from the database when scraped, at most
+    # once per this many seconds per process.
+    metrics_queue_ttl: float = Field(default=5.0, ge=0)
+
+    @field_validator("callback_keys", "fetch_allowed_hosts", "admin_tokens", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -113,6 +123,17 @@ class Settings(BaseSettings):
                     "'*.example.com' or 'host:port'"
                 )
         return tuple(p.lower() for p in value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # An origin is scheme://host[:port], nothing more: a path or a trailing slash
+        # would never equal a browser's Origin header, and the mistake would be silent.
+        shape = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$|^\*$")
+        for origin in value:
+            if not shape.match(origin):
+                raise ValueError(f"{origin!r} is not an origin; use https://host[:port] or *")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -164,6 +185,18 @@ class Settings(BaseSettings):
                 name = "token-" + hashlib.sha256(entry.encode()).hexdigest()[:8]
             names[token] = name
         return names
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret the process knows, for the log scrubber: callback keys, admin
+        tokens, and the AWS credentials boto3 reads from the environment."""
+        aws = (os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))
+        tokens = tuple(self.admin_token_names)
+        return tuple(v for v in (*self.callback_keys, *tokens, *self.admin_tokens, *aws) if v)
 
     @property
     def is_sqlite(self) -> bool:

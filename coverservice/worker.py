@@ -10,22 +10,25 @@ the same keys.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import imaging, queries, scoring
 from .covers import render_and_store
-from .db import transaction, utcnow
+from .db import utcnow
 from .errors import FetchError, ImageRejected, StorageError
 from .lifecycle import lifecycle_candidates
+from .metrics import Metrics
 from .models import FrameStatus
 from .queries import ClaimedFrame
 from .selection import Candidate, choose_cover
@@ -59,8 +62,14 @@ class Worker:
         clock: Callable[[], datetime] = utcnow,
         jitter: Callable[[], float] = random.random,
         name: str | None = None,
+        metrics: Metrics | None = None,
+        on_cover_change: Callable[[str], object] | None = None,
     ) -> None:
+        """``on_cover_change(stream_id)`` is called after a cover this worker installed is
+        committed: an in-process worker tells its API's cache at once (with Postgres
+        every process also hears of it through NOTIFY)."""
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
         self._sessions = session_factory
         self._storage = storage
         self._fetch = fetch
@@ -71,6 +80,12 @@ class Worker:
         self._window = timedelta(seconds=settings.selection_window)
         self._grace = timedelta(seconds=settings.offline_grace)
         self._last_prune: datetime | None = None
+        self._on_cover_change = on_cover_change
+        # The frame of the batch that comes next, begun by the final transaction of the
+        # one before it (see _begin_next), and what that start found.
+        self._upcoming: ClaimedFrame | None = None
+        self._begun: dict[int, bool] = {}
+        self._conn: Connection | None = None  # the batch's connection, see run_once
 
     # --- loop ------------------------------------------------------------------------
 
@@ -90,10 +105,32 @@ class Worker:
 
     def run_once(self) -> int:
         """Claim one batch of due frames and process it; returns how many were claimed."""
+        bind = self._sessions.kw.get("bind")
+        if not isinstance(bind, Engine):
+            return self._run_batch()
+        # The batch's transactions share one connection: one pool checkout, and one
+        # liveness ping (a round trip and a transaction of its own), per batch rather
+        # than per transaction.
+        with bind.connect() as conn:
+            self._conn = conn
+            try:
+                return self._run_batch()
+            finally:
+                self._conn = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        session = self._sessions() if self._conn is None else self._sessions(bind=self._conn)
+        with session, session.begin():
+            yield session
+
+    def _run_batch(self) -> int:
         now = self._clock()
-        with transaction(self._sessions) as session:
-            queries.park_dead_frames(session, now=now, max_attempts=self.settings.worker_max_attempts)
-        with transaction(self._sessions) as session:
+        # Commits are what a frame costs Postgres most: parking, claiming the batch,
+        # claiming reselections and beginning the first frame share one transaction, and
+        # each frame's final transaction begins the next frame (see _begin_next).
+        with self._transaction() as session:
+            parked = queries.park_dead_frames(session, now=now, max_attempts=self.settings.worker_max_attempts)
             batch = queries.claim_frames(
                 session,
                 owner=f"{self.name}/{uuid.uuid4().hex[:8]}",
@@ -101,24 +138,54 @@ class Worker:
                 lease=self._lease,
                 limit=self.settings.worker_batch_size,
             )
-        for frame in batch:
-            # The lease was taken for the whole batch; renew it per frame so slow
-            # downloads early in a batch cannot expire the frames queued behind them.
-            with transaction(self._sessions) as session:
-                owned = queries.start_frame(session, frame, until=self._clock() + self._lease)
-            if owned:
-                self.process(frame)
-        with transaction(self._sessions) as session:
             streams = queries.claim_reselections(session, limit=self.settings.worker_batch_size)
+            self._upcoming = batch[0] if batch else None
+            self._begin_next(session)
+        if parked:
+            self.metrics.frame_finished(FrameStatus.FAILED, "gave up after", parked)
+        try:
+            for i, frame in enumerate(batch):
+                self._upcoming = batch[i + 1] if i + 1 < len(batch) else None
+                owned = self._begun.pop(frame.id, None)
+                if owned is None:  # the previous frame ended without a final transaction
+                    with self._transaction() as session:
+                        owned = self._start(session, frame)
+                if owned:
+                    self.process(frame)
+        finally:
+            self._upcoming = None
+            self._begun.clear()
         for stream_id in streams:
             try:
                 self.reselect(stream_id)
             except Exception:
                 log.exception("worker %s: reselecting %s failed", self.name, stream_id)
-                with transaction(self._sessions) as session:
+                with self._transaction() as session:
                     queries.request_reselection(session, stream_id, now=self._clock())
         self._maybe_prune(now)
         return len(batch) + len(streams)
+
+    def _start(self, session: Session, frame: ClaimedFrame) -> bool:
+        # The lease was taken for the whole batch; renew it per frame so slow downloads
+        # early in a batch cannot expire the frames queued behind them. The attempt is
+        # counted here, not at the claim: a frame that kills its worker costs the frames
+        # claimed with it nothing.
+        return queries.start_frame(session, frame, until=self._clock() + self._lease)
+
+    def _begin_next(self, session: Session) -> None:
+        """Begin the batch's next frame in ``session``: called from a frame's final
+        transaction (its result recorded), so a frame costs one commit, not two, and the
+        next frame's attempt is still counted only once this one is done."""
+        upcoming, self._upcoming = self._upcoming, None
+        if upcoming is None:
+            return
+        owned = self._start(session, upcoming)
+
+        def committed(_: Session) -> None:
+            self._begun[upcoming.id] = owned
+
+        # Only a committed start counts; otherwise the loop begins the frame itself.
+        event.listen(session, "after_commit", committed, once=True)
 
     def _maybe_prune(self, now: datetime) -> None:
         if self._last_prune is not None and (now - self._last_prune).total_seconds() < self.settings.prune_interval:
@@ -128,7 +195,7 @@ class Worker:
 
     def prune(self, now: datetime) -> int:
         """Apply the retention period; returns the number of storage objects deleted."""
-        with transaction(self._sessions) as session:
+        with self._transaction() as session:
             keys = queries.prune(session, before=now - timedelta(seconds=self.settings.retention))
         deleted = 0
         for key in keys:
@@ -168,7 +235,8 @@ class Worker:
 
     def _download_and_score(self, frame: ClaimedFrame) -> _Scored | None:
         try:
-            data = self._fetch(frame.pic_full_url)
+            with self.metrics.download_seconds.time():
+                data = self._fetch(frame.pic_full_url)
         except FetchError as exc:
             if exc.transient:
                 self._retry_or_fail(frame, f"download failed: {exc}")
@@ -176,11 +244,12 @@ class Worker:
                 self._finish(frame, FrameStatus.FAILED, f"download refused: {exc}")
             return None
         try:
-            luma = imaging.decode_luma(data, max_pixels=self.settings.max_image_pixels)
+            with self.metrics.score_seconds.time():
+                luma = imaging.decode_luma(data, max_pixels=self.settings.max_image_pixels)
+                scores = scoring.score_luma(luma)
         except ImageRejected as exc:
             self._finish(frame, FrameStatus.REJECTED, str(exc))
             return None
-        scores = scoring.score_luma(luma)
         if scores.rejected:
             self._finish(frame, FrameStatus.REJECTED, scores.reason, scores=scores)
             return None
@@ -190,6 +259,17 @@ class Worker:
         """Finish a scored frame, together with the cover it produces if it changes one."""
         if self._choose(frame.stream_id, (frame, scored)) is _UNFINISHED:
             self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
+
+    def _finish_unchanged(self, session: Session, new: tuple[ClaimedFrame, _Scored] | None) -> object:
+        """Record a new frame that changes no cover in the transaction that read the
+        selection inputs: most frames end here, in one transaction."""
+        if new is None:
+            return _DONE
+        frame, scored = new
+        if self._finish_in(session, frame, FrameStatus.SCORED, scored.scores.reason, scored.scores):
+            self.metrics.frame_finished(FrameStatus.SCORED, scored.scores.reason)
+        self._begin_next(session)
+        return _DONE
 
     def reselect(self, stream_id: str) -> None:
         """Choose a stream's cover again without a new frame (its cover was blocked)."""
@@ -201,36 +281,37 @@ class Worker:
         still needs its result recorded."""
         for _ in range(_SELECTION_ROUNDS):
             now = self._clock()
-            with transaction(self._sessions) as session:
+            with self._transaction() as session:
                 inputs = queries.selection_inputs(session, stream_id, since=now - self._window)
-            candidates = inputs.candidates
-            if new is not None:
-                # The new frame is still 'processing', so it is not among the stored ones.
-                candidates.append(Candidate(new[0].id, new[1].scores.score, new[0].captured_at))
-            candidates, current = lifecycle_candidates(
-                candidates,
-                inputs.current,
-                live=inputs.live,
-                changed_at=inputs.live_changed_at,
-                grace=self._grace,
-            )
-            decision = choose_cover(
-                candidates,
-                current,
-                now=now,
-                window=self._window,
-                hysteresis=self.settings.selection_hysteresis,
-                freshness=timedelta(seconds=self.settings.selection_freshness),
-                half_life=timedelta(seconds=self.settings.selection_half_life),
-            )
-            if decision.frame_id is None or self._too_soon(inputs, current, now):
-                return _UNFINISHED
+                candidates = inputs.candidates
+                if new is not None:
+                    # The new frame is still 'processing', so it is not among the stored ones.
+                    candidates.append(Candidate(new[0].id, new[1].scores.score, new[0].captured_at))
+                candidates, current = lifecycle_candidates(
+                    candidates,
+                    inputs.current,
+                    live=inputs.live,
+                    changed_at=inputs.live_changed_at,
+                    grace=self._grace,
+                )
+                decision = choose_cover(
+                    candidates,
+                    current,
+                    now=now,
+                    window=self._window,
+                    hysteresis=self.settings.selection_hysteresis,
+                    freshness=timedelta(seconds=self.settings.selection_freshness),
+                    half_life=timedelta(seconds=self.settings.selection_half_life),
+                )
+                if decision.frame_id is None or self._too_soon(inputs, current, now):
+                    return self._finish_unchanged(session, new)
             winner = self._winner_source(stream_id, new, decision.frame_id)
             if winner is None:
                 return _UNFINISHED
             data, score, captured_at = winner
             try:
-                renditions = render_and_store(self._storage, data, max_pixels=self.settings.max_image_pixels)
+                with self.metrics.render_seconds.time():
+                    rendered = render_and_store(self._storage, data, max_pixels=self.settings.max_image_pixels)
             except ImageRejected as exc:
                 # Scoring decodes a DCT-scaled grayscale; rendering decodes everything
                 # and can still find the file broken.
@@ -239,7 +320,7 @@ class Worker:
                     return _DONE
                 log.warning("stream %s: frame %d cannot be rendered: %s", stream_id, decision.frame_id, exc)
                 return _UNFINISHED
-            with self._sessions() as session, session.begin():
+            with self._transaction() as session:
                 if new is not None and not self._finish_in(
                     session, new[0], FrameStatus.SCORED, new[1].scores.reason, new[1].scores
                 ):
@@ -252,13 +333,20 @@ class Worker:
                     frame_id=decision.frame_id,
                     score=score,
                     captured_at=captured_at,
-                    renditions=renditions,
+                    renditions=rendered.renditions,
+                    placeholder=rendered.placeholder,
                     now=self._clock(),
                 )
                 if cover_id is None:
                     session.rollback()
                     continue
+                self._begin_next(session)
             log.info("stream %s: cover %d from frame %d (%s)", stream_id, cover_id, decision.frame_id, decision.reason)
+            if self._on_cover_change is not None:
+                self._on_cover_change(stream_id)
+            self.metrics.cover_changes.labels("frame" if new is not None else "reselection").inc()
+            if new is not None:
+                self.metrics.frame_finished(FrameStatus.SCORED, new[1].scores.reason)
             return _DONE
         # Other workers kept changing this stream's cover; theirs will see this frame.
         return _UNFINISHED
@@ -278,7 +366,7 @@ class Worker:
         if new is not None and winner_id == new[0].id:
             return new[1].data, new[1].scores.score, new[0].captured_at
         # An earlier frame wins (the cover went stale or was blocked): fetch it again.
-        with transaction(self._sessions) as session:
+        with self._transaction() as session:
             url, score, captured_at = queries.frame_source(session, winner_id)
         try:
             return self._fetch(url), float(score or 0.0), captured_at
@@ -296,8 +384,11 @@ class Worker:
         *,
         scores: scoring.Scores | None = None,
     ) -> None:
-        with transaction(self._sessions) as session:
-            self._finish_in(session, frame, status, reason, scores)
+        with self._transaction() as session:
+            done = self._finish_in(session, frame, status, reason, scores)
+            self._begin_next(session)
+        if done:
+            self.metrics.frame_finished(status, reason)
         if status is not FrameStatus.SCORED:
             log.info("frame %d of %s %s: %s", frame.id, frame.stream_id, status.value, reason)
 
@@ -327,10 +418,12 @@ class Worker:
             self._finish(frame, FrameStatus.FAILED, f"{reason} (gave up after {frame.attempts} attempts)")
             return
         delay = self.backoff(frame.attempts)
-        with transaction(self._sessions) as session:
+        with self._transaction() as session:
             queries.retry_frame_later(
                 session, frame, reason=reason, available_at=self._clock() + timedelta(seconds=delay)
             )
+            self._begin_next(session)
+        self.metrics.frame_finished(FrameStatus.PENDING, reason)
         log.info("frame %d of %s: %s; retry in %.1fs", frame.id, frame.stream_id, reason, delay)
 
     def backoff(self, attempts: int) -> float:

@@ -393,6 +393,58 @@ def test_fresh_frames_win_once_the_stream_is_back(h: Harness) -> None:
     assert h.cover_frame("room") == fresh
 
 
+def test_a_frame_of_the_same_second_as_the_restart_is_fresh(h: Harness) -> None:
+    # Screenshot times are whole seconds; the push start is recorded to the microsecond.
+    h.clock.advance(0.7 - h.clock.now.microsecond / 1e6 % 1)
+    base = scene(1280, 720, seed=29)
+    h.callback({"event_type": 1, "stream_id": "room"})
+    clean = h.screenshot("room", "/room/clean.jpg", encode(base), age=0)
+    h.worker.drain()
+    h.clock.advance(5)
+    blurry = h.screenshot("room", "/room/blurry.jpg", encode(blurred(base, 4)), age=0)
+    h.worker.drain()
+    assert h.frame(blurry).score < h.frame(clean).score  # type: ignore[operator]
+    assert h.cover_frame("room") == clean
+
+
+def test_a_late_push_start_is_judged_by_its_event_time(h: Harness) -> None:
+    base = scene(1280, 720, seed=30)
+    h.callback({"event_type": 0, "stream_id": "room"})
+    h.clock.advance(120)
+    # The push restarted 60 s ago; its callback arrives only now (CSS retried it), after a
+    # screenshot taken since the restart.
+    good = h.screenshot("room", "/room/good.jpg", encode(base), age=30)
+    h.worker.drain()
+    h.callback({"event_type": 1, "stream_id": "room", "event_time": int(h.clock.now.timestamp()) - 60})
+    h.clock.advance(5)
+    worse = h.screenshot("room", "/room/worse.jpg", encode(blurred(base, 4)), age=1)
+    h.worker.drain()
+    assert h.frame(worse).score < h.frame(good).score  # type: ignore[operator]
+    assert h.cover_frame("room") == good
+
+
+def test_push_events_arriving_out_of_order_keep_the_latest_state(h: Harness) -> None:
+    now = int(h.clock.now.timestamp())
+    h.callback({"event_type": 1, "stream_id": "room", "event_time": now - 5})
+    # the interruption before that restart, retried by CSS, arrives last
+    assert h.callback({"event_type": 0, "stream_id": "room", "event_time": now - 10}).json() == {"code": 0}
+    assert h.http.get("/api/covers/room").json()["live"] is True
+
+
+def test_frames_after_an_interruption_mean_the_stream_is_back(h: Harness) -> None:
+    # The push start callback was lost: screenshots taken after the interruption still
+    # make covers (a stopped stream sends none).
+    base = scene(1280, 720, seed=31)
+    old = h.screenshot("room", "/room/old.jpg", encode(base), age=300)
+    h.worker.drain()
+    h.callback({"event_type": 0, "stream_id": "room"})
+    h.clock.advance(60)
+    back = h.screenshot("room", "/room/back.jpg", encode(blurred(scene(1280, 720, seed=32), 2)), age=1)
+    h.worker.drain()
+    assert h.frame(back).score < h.frame(old).score  # type: ignore[operator]
+    assert h.cover_frame("room") == back
+
+
 # --- retention --------------------------------------------------------------------------------------
 
 

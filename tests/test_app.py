@@ -4,6 +4,7 @@ real storage and database, for what the end-to-end tests cannot see from outside
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,12 +13,14 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, event
-from support.images import encode, scene
+from support.cos_server import CosServer
+from support.images import blurred, encode, scene
+from support.polling import eventually
 from support.servers import ThreadedServer
 
 from coverservice import queries
 from coverservice.app import accepts_webp, create_app, etag_matches
-from coverservice.db import make_session_factory, transaction
+from coverservice.db import make_engine, make_session_factory, transaction
 from coverservice.errors import StorageError
 from coverservice.models import Stream
 from coverservice.settings import Settings
@@ -157,3 +160,51 @@ def test_accept_negotiation(accept: str, expected: bool) -> None:
 )
 def test_if_none_match(header: str | None, expected: bool) -> None:
     assert etag_matches(header, "abc") is expected
+
+
+def test_the_embedded_workers_covers_reach_the_caches_at_once(sqlite_url: str, tmp_path: Path) -> None:
+    # SQLite has no NOTIFY: with an hour-long cache TTL, only the in-process worker
+    # telling the cache can make its covers visible.
+    settings = Settings(
+        database_url=sqlite_url, storage_url=(tmp_path / "storage").as_uri(), fetch_allowed_hosts=("127.0.0.1:*",),
+        fetch_allow_private=True, cover_cache_ttl=3600.0, cover_min_interval=0.0, worker_poll_interval=0.05,
+    )
+    base = scene(1280, 720, seed=5)
+    engine = make_engine(sqlite_url)
+    app = create_app(settings, engine=engine, run_worker=True)
+
+    def post(client: httpx.Client, cos: CosServer, path: str, data: bytes) -> None:
+        cos.put(path, data)
+        body = {
+            "event_type": 200, "stream_id": "live", "channel_id": "live", "create_time": int(time.time()),
+            "file_size": len(data), "width": 1280, "height": 720, "pic_url": path, "pic_full_url": cos.url(path),
+        }
+        assert client.post("/callbacks/css", json=body).status_code == 200
+
+    def version(client: httpx.Client) -> Any:
+        r = client.get("/api/covers/live")
+        return r.status_code == 200 and r.json()["cover"]["version"]
+
+    with CosServer() as cos, ThreadedServer(app) as server, httpx.Client(base_url=server.base_url) as client:
+        assert client.get("/api/covers/live").status_code == 404  # "no cover" is now cached
+        post(client, cos, "/live/soft.jpg", encode(blurred(base, 4)))
+        first = eventually(lambda: version(client), timeout=20)
+        etags = {client.get("/cover/live?format=jpeg").headers["etag"] for _ in range(3)}  # now a hot response
+        post(client, cos, "/live/sharp.jpg", encode(base))
+        assert eventually(lambda: (v := version(client)) != first and v, timeout=20)
+        assert client.get("/cover/live?format=jpeg").headers["etag"] not in etags
+    engine.dispose()
+
+
+def test_a_hot_response_sent_again_carries_this_requests_headers(
+    make_settings: Callable[..., Settings], engine: Engine, tmp_path: Path
+) -> None:
+    storage = CountingStorage(tmp_path / "s")
+    install(engine, storage)
+    app = create_app(make_settings(cover_cache_ttl=60.0), engine=engine, storage=storage)
+    with ThreadedServer(app) as server, httpx.Client(base_url=server.base_url) as client:
+        responses = [client.get("/cover/room?format=jpeg", headers={"X-Request-Id": f"req-{i}"}) for i in range(3)]
+        conditional = client.get("/cover/room?format=jpeg", headers={"If-None-Match": '"abc"'})
+    assert [r.headers.get_list("x-request-id") for r in responses] == [["req-0"], ["req-1"], ["req-2"]]
+    assert {r.headers["etag"] for r in responses} == {'"abc"'} and len({r.content for r in responses}) == 1
+    assert conditional.status_code == 304  # conditional requests still get their 304

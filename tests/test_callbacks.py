@@ -181,7 +181,11 @@ def test_moderation_event_names_the_flagged_screenshot_by_path() -> None:
 
 @pytest.mark.parametrize("event_type, live", [(1, True), (0, False)])
 def test_push_events(event_type: int, live: bool) -> None:
-    assert parse(signed({"event_type": event_type, "stream_id": "room_1", "app": "live"})) == StreamStateEvent("room_1", live)
+    assert parse(signed({"event_type": event_type, "stream_id": "room_1", "app": "live"})) == StreamStateEvent("room_1", live, None)
+    stamped = signed({"event_type": event_type, "stream_id": "room_1", "event_time": 1_700_000_000})
+    assert parse(stamped) == StreamStateEvent("room_1", live, 1_700_000_000)
+    with pytest.raises(InvalidPayload):
+        parse(signed({"event_type": event_type, "stream_id": "room_1", "event_time": "soon"}))
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ def test_signed_screenshots_become_a_cover_served_with_cache_headers(
     assert cover["urls"]["small"]["webp"] == "/cover/room?size=small&format=webp"
 
     # default: medium, negotiated from Accept
-    r = httpx.get(f"{service.base_url}/cover/room", headers={"accept": "image/avif,image/webp,*/*"})
+    r = httpx.get(f"{service.base_url}/cover/room", headers={"accept": "image/webp,*/*"})
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/webp"
     assert r.headers["vary"] == "Accept"
@@ -132,6 +132,10 @@ def test_signed_screenshots_become_a_cover_served_with_cache_headers(
 
     jpeg = httpx.get(f"{service.base_url}/cover/room", headers={"accept": "image/png,*/*"})
     assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.headers["etag"] != etag
+    # a browser that names AVIF gets it (rendered on this first request)
+    avif = httpx.get(f"{service.base_url}/cover/room", headers={"accept": "image/avif,image/webp,*/*"})
+    assert avif.headers["content-type"] == "image/avif" and avif.headers["vary"] == "Accept"
+    assert Image.open(io.BytesIO(avif.content)).size == (640, 360)
 
     for size, dims in {"small": (320, 180), "medium": (640, 360), "large": (1280, 720)}.items():
         r = httpx.get(f"{service.base_url}/cover/room", params={"size": size, "format": "jpeg"})
@@ -303,7 +307,7 @@ def test_embedded_default_needs_no_configuration(cos: CosServer, tmp_path: Path)
 
 
 def test_a_bad_setting_stops_the_service_with_a_clear_message(tmp_path: Path) -> None:
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: PLW1510  (the exit code is the point of the test)
         [sys.executable, "-m", "coverservice", "serve"],
         env={**os.environ, "COVERSERVICE_SELECTION_WINDOW": "ten minutes"},
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
@@ -324,6 +328,9 @@ def test_a_block_reaches_every_api_process_at_once(postgres_url: str, cos: CosSe
         eventually(lambda: httpx.get(f"{a.base_url}/cover/xroom").status_code == 200)
         cached = httpx.get(f"{b.base_url}/cover/xroom?format=jpeg")
         assert cached.status_code == 200
+        # and its immutable URL, which CDNs keep for a year, is served (and cached) by B too
+        immutable = httpx.get(f"{b.base_url}/api/covers/xroom").json()["cover"]["images"]["small"]["webp"]["url"]
+        assert httpx.get(f"{b.base_url}{immutable}").status_code == 200
         t = int(time.time()) + 600
         flag = {"event_type": 317, "streamId": "xroom", "img": cos.url("/x/1.jpg"), "suggestion": "Block",
                 "t": t, "sign": sign(KEY, t)}
@@ -331,3 +338,4 @@ def test_a_block_reaches_every_api_process_at_once(postgres_url: str, cos: CosSe
         started = time.monotonic()
         eventually(lambda: httpx.get(f"{b.base_url}/cover/xroom?format=jpeg").status_code == 404, timeout=5)
         assert time.monotonic() - started < 5
+        assert httpx.get(f"{b.base_url}{immutable}").status_code == 404

@@ -136,3 +136,31 @@ def test_one_bad_row_does_not_fail_its_batch() -> None:
     results = asyncio.run(run())
     assert [type(r).__name__ for r in results] == ["NoneType"] * 3 + ["ValueError"] + ["NoneType"] * 2
     assert sorted(written) == sorted(f"/{i}.jpg" for i in range(6) if i != 3)
+
+
+def test_a_writer_left_without_work_ends_and_the_next_callback_starts_another() -> None:
+    written: list[str] = []
+
+    def write(frames: list[NewFrame]) -> None:
+        written.extend(f.event.pic_url for f in frames)
+
+    def writers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "coverservice-ingest"]
+
+    async def run() -> tuple[int, int]:
+        committer = GroupCommitter(write, linger=0.05)
+        await committer.record(new_frame(1))
+
+        async def ended() -> None:
+            while writers():
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(ended(), timeout=10)  # it lingered without work, then ended
+        await committer.record(new_frame(2))
+        started_again = len(writers())
+        await asyncio.gather(*(committer.record(new_frame(i)) for i in range(3, 9)))
+        return started_again, len(writers())
+
+    started_again, busy = asyncio.run(run())
+    assert written == [f"/{i}.jpg" for i in range(1, 9)]
+    assert started_again == 1 and busy <= 1

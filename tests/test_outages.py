@@ -116,9 +116,17 @@ def test_callbacks_are_answered_at_once_while_downloads_and_storage_stall(
                 latencies.append(time.monotonic() - started)
                 assert response.json() == {"code": 0}
             assert http.get("/healthz").status_code == 200
+            # Readiness says which dependency is stuck instead of hanging with it.
+            started = time.monotonic()
+            ready = http.get("/readyz")
+            waited = time.monotonic() - started
             http.close()
-            # A functional bound, far inside CSS's 20 s (not a benchmark).
+            assert ready.status_code == 503
+            assert ready.json()["storage"].startswith("unavailable: no answer within")
+            # Functional bounds, far inside CSS's 20 s and a load balancer's check (not a
+            # benchmark): the stalled S3 read timeout alone is a minute.
             assert max(latencies) < 2.0, latencies
+            assert waited < 10.0, waited
             assert len(frames_of(sqlite_url)) == 34
         finally:
             service.kill()  # its worker is blocked on the black hole: no clean stop

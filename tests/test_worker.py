@@ -6,10 +6,11 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from support.cos_server import CosServer
 from support.images import black, blurred, encode, scene, scene_jpeg
@@ -304,3 +305,29 @@ def test_cover_changes_are_bounded_per_stream_but_better_frames_are_not_lost(
         worker.drain()
         view = current_cover(sessions)
         assert view is not None and view.frame_id == sharp
+
+
+def test_a_frame_that_changes_no_cover_costs_one_commit(
+    sessions: sessionmaker[Session], engine: Engine, cos: CosServer, clock: Clock, make_worker: Callable[..., Worker]
+) -> None:
+    base = scene(1280, 720, seed=6)
+    add_frame(sessions, cos, clock, "/room/sharp.jpg", encode(base))
+    worker = make_worker()
+    worker.drain()
+    frames = [
+        add_frame(sessions, cos, clock, f"/room/soft-{i}.jpg", encode(blurred(base, 2 + i % 3))) for i in range(12)
+    ]
+    commits = 0
+
+    @event.listens_for(engine, "commit")
+    def _count(conn: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    assert worker.drain() == len(frames)
+    event.remove(engine, "commit", _count)
+    assert {frame(sessions, f).status for f in frames} == {FrameStatus.SCORED}
+    # Per batch of 8: one to claim it (and begin its first frame), one per frame (its
+    # result, and the next frame begun); and one claim that finds the queue empty.
+    batches = -(-len(frames) // worker.settings.worker_batch_size)
+    assert commits == len(frames) + batches + 1, commits

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 Framing = Literal["length", "chunked", "close"]
@@ -134,7 +134,7 @@ class CosServer:
         self._server.server_close()  # joins the handler threads
         self._thread.join()
 
-    def __enter__(self) -> CosServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
