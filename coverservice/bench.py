@@ -27,11 +27,8 @@ import os
 import platform
 import random
 import re
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,6 +47,7 @@ from sqlalchemy.engine import make_url
 
 from . import imaging, scoring
 from .callbacks import sign
+from .process import LOOPBACK, ServiceProcess
 from .settings import Settings
 
 Progress = Callable[[str], None]
@@ -57,7 +55,6 @@ Progress = Callable[[str], None]
 MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default
 HYSTERESIS: float = Settings.model_fields["selection_hysteresis"].default
 COVER_MIN_INTERVAL: float = Settings.model_fields["cover_min_interval"].default
-LOOPBACK = "127.0.0.1"
 # What a browser sends for an <img>: the cover route negotiates WebP from it.
 BROWSER_ACCEPT = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
 WORKER_POLL_INTERVAL = 0.05
@@ -239,7 +236,8 @@ class _Bench:
         connect_args = {"timeout": 30} if not self.postgres else {}
         self.engine: Engine = create_engine(database_url, connect_args=connect_args)
         stack.callback(self.engine.dispose)
-        self.server = ServiceProcess.serve(self.env, tmp / "serve.log")
+        # Warnings only: uvicorn's access log (at info) would be measured with every request.
+        self.server = ServiceProcess.serve(self.env, log_path=tmp / "serve.log", worker=False, log_level="warning")
         self.port = 0
         self.one_worker_rate: float | None = None
         self.queries = 0  # our own transactions, not to be counted as the workers'
@@ -350,7 +348,7 @@ class _Bench:
             with self.worker_processes(1, "fresh"):
                 yield self.port
             return
-        with ServiceProcess.serve(self.env, self.tmp / "serve-embedded.log", worker=True) as embedded:
+        with ServiceProcess.serve(self.env, log_path=self.tmp / "serve-embedded.log", log_level="warning") as embedded:
             assert embedded.port is not None
             yield embedded.port
 
@@ -627,7 +625,10 @@ class _Bench:
 
     @contextlib.contextmanager
     def worker_processes(self, n: int, label: str) -> Iterator[list[ServiceProcess]]:
-        procs = [ServiceProcess(["worker"], self.env, self.tmp / f"worker-{label}-{i}.log") for i in range(n)]
+        procs = [
+            ServiceProcess(["worker"], self.env, log_path=self.tmp / f"worker-{label}-{i}.log", log_level="warning")
+            for i in range(n)
+        ]
         with contextlib.ExitStack() as stack:
             for proc in procs:
                 stack.enter_context(proc)
@@ -848,82 +849,6 @@ class ScreenshotServer:
 
 
 # --- processes ---------------------------------------------------------------------------
-
-
-class ServiceProcess:
-    """A ``coverservice`` subprocess with the given environment, stopped by PID (the
-    benchmark's and the demo's)."""
-
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path, port: int | None = None) -> None:
-        self.args = args
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("COVERSERVICE_")}, **env}
-        self.log_path = log_path
-        self.port = port
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def serve(cls, env: Mapping[str, str], log_path: Path, *, worker: bool = False) -> ServiceProcess:
-        port = free_port()
-        args = ["serve", "--host", LOOPBACK, "--port", str(port), *([] if worker else ["--no-worker"])]
-        return cls(args, env, log_path, port)
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        assert self._proc is not None
-        return self._proc.poll()
-
-    def __enter__(self) -> Self:
-        with self.log_path.open("ab") as log:
-            # Warnings only: uvicorn's access log (at info) would be measured with every request.
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "coverservice", "--log-level", "warning", *self.args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        if self.port is not None:
-            self._wait_healthy()
-        return self
-
-    def _wait_healthy(self) -> None:
-        assert self.port is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.returncode is not None:
-                raise BenchError(f"coverservice serve exited early:\n{self.log_tail()}")
-            with contextlib.suppress(OSError), contextlib.closing(_Client(self.port)) as client:
-                if client.get("/healthz")[0] == 200:
-                    return
-            time.sleep(0.05)
-        raise BenchError(f"coverservice serve did not become healthy:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        os.kill(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _rss_mib(pid: int) -> float:

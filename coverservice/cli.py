@@ -124,6 +124,7 @@ def bench(duration: float | None, concurrency: int | None, frames: int | None,
     from dataclasses import replace
 
     from . import bench as benchmark
+    from .process import ServiceError
 
     config = replace(benchmark.TINY if tiny else benchmark.Config(), database_url=database_url)
     if duration is not None:
@@ -137,7 +138,7 @@ def bench(duration: float | None, concurrency: int | None, frames: int | None,
         report = benchmark.run(
             config, progress=lambda line: click.echo(f"bench {time.monotonic() - started:6.1f}s  {line}", err=True)
         )
-    except benchmark.BenchError as exc:
+    except (benchmark.BenchError, ServiceError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(benchmark.to_json(report) if as_json else benchmark.format_table(report))
 

@@ -40,8 +40,9 @@ import httpx
 import numpy as np
 
 from . import scenes
-from .bench import LOOPBACK, BenchError, ScreenshotServer, ServiceProcess, free_port
+from .bench import ScreenshotServer
 from .callbacks import PUSH_STARTED, SCREENSHOT, sign
+from .process import LOOPBACK, ServiceError, ServiceProcess
 from .scenes import Degradation, Size
 
 Progress = Callable[[str], None]
@@ -256,16 +257,15 @@ def _start_service(directory: Path, cos_port: int, progress: Progress) -> Iterat
         "COVERSERVICE_COVER_MIN_INTERVAL": "0",
         "COVERSERVICE_WORKER_POLL_INTERVAL": "0.2",
     }
-    port = free_port()
     log = directory / "service.log"
-    progress(f"starting coverservice serve on {LOOPBACK}:{port} (SQLite and storage in {directory})")
-    service = ServiceProcess(["serve", "--host", LOOPBACK, "--port", str(port)], env, log, port)
+    service = ServiceProcess.serve(env, log_path=log, log_level="warning")
+    progress(f"starting coverservice serve on {LOOPBACK}:{service.port} (SQLite and storage in {directory})")
     try:
         with service:
             progress(f"service up (pid {service.pid}); log: {log}")
-            yield _Target(f"http://{LOOPBACK}:{port}", key, token, log)
+            yield _Target(service.base_url, key, token, log)
             progress(f"stopping the service (pid {service.pid})")
-    except BenchError as exc:
+    except ServiceError as exc:
         raise DemoError(str(exc)) from None
 
 

@@ -295,7 +295,7 @@ _PATHS: dict[str, dict[str, Any]] = {
                     "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ALL_FORMATS.values()},
                 },
                 "304": {"description": "If-None-Match matched"},
-                "404": _error("no such image (short max-age)"),
+                "404": _error("no such image, or its frame is blocked (short max-age)"),
                 "503": _error("the image could not be read from storage"),
             },
         },

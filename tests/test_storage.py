@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import boto3  # type: ignore[import-untyped]
 import pytest
 from botocore.config import Config  # type: ignore[import-untyped]
-from support.s3_server import free_port
+from support.servers import free_port
 
 from coverservice.errors import StorageError
 from coverservice.storage import (

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +24,11 @@ from typing import IO, Any
 
 import pytest
 
+from coverservice.process import free_port
 from coverservice.storage import S3Storage, default_s3_client
 
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
