@@ -76,7 +76,9 @@ class GroupCommitter:
         while True:
             with self._lock:
                 batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
+                # What was taken, not max_batch: the event loop appends without the lock,
+                # and a callback appended between these two lines must stay queued.
+                del self._pending[: len(batch)]
                 if not batch and not self._wait_for_work():
                     return
             if batch:

@@ -164,3 +164,34 @@ def test_a_writer_left_without_work_ends_and_the_next_callback_starts_another() 
     started_again, busy = asyncio.run(run())
     assert written == [f"/{i}.jpg" for i in range(1, 9)]
     assert started_again == 1 and busy <= 1
+
+
+def test_a_callback_queued_while_a_writer_takes_its_batch_stays_queued() -> None:
+    # The event loop appends without the writer's lock; force the worst moment: a
+    # callback arriving between the writer copying its batch and removing it.
+    written: list[str] = []
+
+    def write(frames: list[NewFrame]) -> None:
+        written.extend(f.event.pic_url for f in frames)
+
+    async def run() -> None:
+        committer = GroupCommitter(write)
+        loop = asyncio.get_running_loop()
+        late: asyncio.Future[None] = loop.create_future()
+
+        armed = [True]
+
+        class Queue(list[Any]):
+            def __getitem__(self, index: Any) -> Any:
+                taken = super().__getitem__(index)
+                if isinstance(index, slice) and armed:  # the first batch taken only
+                    armed.clear()
+                    self.append((new_frame(99), late))
+                return taken
+
+        committer._pending = Queue()
+        await committer.record(new_frame(1))
+        await asyncio.wait_for(late, timeout=10)  # written by the next batch, not dropped
+
+    asyncio.run(run())
+    assert written == ["/1.jpg", "/99.jpg"]
