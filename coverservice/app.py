@@ -36,7 +36,7 @@ from .db import make_engine, make_session_factory, ping, transaction, utcnow
 from .errors import CallbackError, FetchError, PayloadTooLarge, RequestError, StorageError
 from .fetch import Fetcher, check_url
 from .imaging import FORMATS, SIZES
-from .ingest import CommitterConnections, GroupCommitter, IngestOverloaded
+from .ingest import AsyncFrameRecorder, GroupCommitter, IngestOverloaded
 from .logs import RequestIdMiddleware
 from .metrics import Metrics, Outcome, refusal_outcome
 from .models import FrameStatus
@@ -54,9 +54,10 @@ DEFAULT_SIZE = "medium"
 _STREAM_ID = re.compile(callbacks.STREAM_ID_PATTERN)
 _MAX_ORIGINS = 4096
 # Batches of callbacks in flight at once. One: while it commits, the next batch gathers
-# and grows with the commit's latency. Measured on Postgres, a second writer halved the
-# batches and raised the CPU per callback (more statements, a second thread for the GIL)
-# without more callbacks per second. SQLite has one writer at a time anyway.
+# and grows with the commit's latency. Measured on Postgres (bench, 32 connections), a
+# second writer halved the batches without more callbacks per second, and a third cost
+# a fifth of them (more statements and commits for the same rows). SQLite has one writer
+# at a time anyway.
 INGEST_WRITERS = 1
 # scheme://authority, the authority ending where check_url's does.
 _ORIGIN = re.compile(r"[^:/?#]+://[^/?#]*")
@@ -177,11 +178,17 @@ def create_app(
         captured_at = datetime.fromtimestamp(event.create_time, UTC)
         return NewFrame(event, captured_at, status, reason)
 
-    committer = CommitterConnections(engine, single_statement=queries.records_frames_in_one_statement(engine.dialect))
+    recorder = AsyncFrameRecorder(engine) if engine.dialect.name == "postgresql" else None
 
-    def _write_frames(frames: list[NewFrame]) -> None:
-        with committer.transaction() as conn:
-            stored = queries.record_frames(conn, frames, now=clock())
+    def _record_frames(frames: list[NewFrame]) -> list[bool]:
+        with transaction(sessions) as session:
+            return queries.record_frames(session, frames, now=clock())
+
+    async def _write_frames(frames: list[NewFrame]) -> None:
+        if recorder is not None:
+            stored = await recorder.record(frames, now=clock())
+        else:
+            stored = await run_in_threadpool(_record_frames, frames)
         duplicates = stored.count(False)
         refused = sum(1 for f, new in zip(frames, stored) if new and f.status is FrameStatus.FAILED)
         for outcome, count in (
@@ -435,7 +442,8 @@ def create_app(
                 thread.join(timeout=30)
             if listener is not None:
                 listener.stop()
-            await run_in_threadpool(committer.close)
+            if recorder is not None:
+                await recorder.close()
             if fetcher is not None:
                 fetcher.close()
 

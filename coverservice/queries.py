@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Dialect,
@@ -131,55 +132,51 @@ class NewFrame:
 
 
 def record_frames(session: Session | Connection, frames: Sequence[NewFrame], *, now: datetime) -> list[bool]:
-    """Store screenshot callbacks, a whole batch in one statement per table: the API
-    groups concurrent callbacks into one transaction, and this is its hot path. A CSS
-    retry (same stream and pic_url as a recorded frame) is skipped; a frame a 317 already
+    """Store screenshot callbacks, a whole batch in one statement per table. A CSS retry
+    (same stream and pic_url as a recorded frame) is skipped; a frame a 317 already
     flagged is born blocked. Returns, for each frame, whether it was stored (False: a
-    retry of one already recorded).
+    retry of one already recorded). Runs inside the caller's transaction.
 
-    The batch travels as one JSON document that the database unpacks into rows: one
-    parameter whatever the batch size, no per-row work in SQLAlchemy, and on Postgres one
-    round trip for streams and frames together (a data-modifying CTE). The statements go
-    to the driver's cursor as they are, compiled once: SQLAlchemy's execution and result
-    machinery would cost as much CPU per batch as the driver itself."""
+    The statements go to the driver's cursor as they are, compiled once: SQLAlchemy's
+    execution and result machinery would cost as much CPU per batch as the driver itself.
+    The API's ingest path runs the same statements on an asyncio connection
+    (record_frames_async)."""
     if not frames:
         return []
     conn = session.connection() if isinstance(session, Session) else session
     plan = _record_frames_plan(conn.dialect)
-    batch = json.dumps(
-        [
-            {
-                "stream_id": f.event.stream_id,
-                "channel_id": f.event.channel_id,
-                "pic_url": f.event.pic_url,
-                "pic_full_url": f.event.pic_full_url,
-                "captured_at": plan.stamp(f.captured_at),
-                "file_size": f.event.file_size,
-                "width": f.event.width,
-                "height": f.event.height,
-                "app": f.event.app,
-                # As JSON text inside the document: unpacking the document unescapes its
-                # strings, and \u0000 or a lone surrogate in a payload would then fail the
-                # batch; the payload's own text goes into the json column as received.
-                "payload": json.dumps(f.event.payload),
-                "status": f.status.value,
-                "reason": f.reason,
-            }
-            for f in frames
-        ]
-    )
-    params = {"batch": batch, "now": plan.now(now)}
-    stored = {(sid, path) for sid, path in _run_on_driver(conn, plan.statements, params)}
+    rows = _run_on_driver(conn, plan.statements, plan.params(frames, now))
+    return _which_stored(frames, rows)
+
+
+async def record_frames_async(conn: psycopg.AsyncConnection[Any], frames: Sequence[NewFrame], *, now: datetime) -> list[bool]:
+    """record_frames on an autocommit psycopg asyncio connection: one statement, one
+    round trip, committed (and flushed) when it returns. Driver errors come out as
+    SQLAlchemy's (DBAPIError), as from record_frames."""
+    if not frames:
+        return []
+    plan = _record_frames_plan(_POSTGRES_DIALECT)
+    (statement,) = plan.statements
+    params = plan.params(frames, now)
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute(statement.sql, params)
+            rows = await cursor.fetchall()
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(
+            statement.sql, params, exc, psycopg.Error, connection_invalidated=conn.broken or conn.closed,
+            dialect=_POSTGRES_DIALECT,
+        ) from exc
+    return _which_stored(frames, rows)
+
+
+def _which_stored(frames: Sequence[NewFrame], rows: Sequence[Any]) -> list[bool]:
+    stored = {(sid, path) for sid, path in rows}
     new = []
     for pair in ((f.event.stream_id, f.event.pic_url) for f in frames):
         new.append(pair in stored)
         stored.discard(pair)  # the same screenshot twice in one batch is stored once
     return new
-
-
-def records_frames_in_one_statement(dialect: Dialect) -> bool:
-    """Whether record_frames is a single statement here, atomic without a transaction."""
-    return len(_record_frames_plan(dialect).statements) == 1
 
 
 @dataclass(frozen=True)
@@ -197,8 +194,38 @@ class _RecordFramesPlan:
     stamp: Callable[[datetime], Any]  # captured_at inside the JSON document
     now: Callable[[datetime], Any]  # the :now parameter, as its column type binds it
 
+    def params(self, frames: Sequence[NewFrame], now: datetime) -> dict[str, Any]:
+        """The batch as one JSON document that the database unpacks into rows: one
+        parameter whatever the batch size, no per-row work in SQLAlchemy, and on Postgres
+        one round trip for streams and frames together (a data-modifying CTE)."""
+        batch = json.dumps(
+            [
+                {
+                    "stream_id": f.event.stream_id,
+                    "channel_id": f.event.channel_id,
+                    "pic_url": f.event.pic_url,
+                    "pic_full_url": f.event.pic_full_url,
+                    "captured_at": self.stamp(f.captured_at),
+                    "file_size": f.event.file_size,
+                    "width": f.event.width,
+                    "height": f.event.height,
+                    "app": f.event.app,
+                    # As JSON text inside the document: unpacking the document unescapes
+                    # its strings, and \u0000 or a lone surrogate in a payload would then
+                    # fail the batch; the payload's own text goes into the json column as
+                    # received.
+                    "payload": json.dumps(f.event.payload),
+                    "status": f.status.value,
+                    "reason": f.reason,
+                }
+                for f in frames
+            ]
+        )
+        return {"batch": batch, "now": self.now(now)}
+
 
 _PLANS: dict[tuple[str, str], _RecordFramesPlan] = {}
+_POSTGRES_DIALECT: Dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 
 
 def _record_frames_plan(dialect: Dialect) -> _RecordFramesPlan:
