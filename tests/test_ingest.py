@@ -242,3 +242,29 @@ def test_the_postgres_recorder_commits_reports_retries_and_reconnects(postgres_u
     assert lost is not None and lost.connection_invalidated  # as SQLAlchemy reports a lost connection
     assert after == [True, True]  # a new connection, nothing lost
     assert [tuple(r) for r in stored] == [("s", "/1.jpg"), ("s", "/2.jpg"), ("s", "/3.jpg"), ("s", "/4.jpg"), ("t", "/5.jpg")]
+
+
+def test_a_write_cancelled_mid_statement_does_not_poison_the_next(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    recorder = AsyncFrameRecorder(engine)
+    now = datetime.now(UTC)
+
+    async def run() -> list[bool]:
+        await recorder.record([new_frame(1)], now=now)  # a connection, kept for the next batch
+        with engine.connect() as blocker:
+            # The frame statement reads moderation_flags: it waits while this is held.
+            blocker.execute(text("LOCK TABLE moderation_flags IN ACCESS EXCLUSIVE MODE"))
+            stuck = asyncio.ensure_future(recorder.record([new_frame(2)], now=now))
+            await asyncio.sleep(0.3)
+            stuck.cancel()  # e.g. the server shutting down
+            with contextlib.suppress(asyncio.CancelledError):
+                await stuck
+            blocker.rollback()
+        after = await asyncio.wait_for(recorder.record([new_frame(3)], now=now), timeout=10)
+        await recorder.close()
+        return after
+
+    try:
+        assert asyncio.run(run()) == [True]
+    finally:
+        engine.dispose()
