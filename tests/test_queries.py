@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session, sessionmaker
 
 from coverservice import queries
 from coverservice.callbacks import ScreenshotEvent
-from coverservice.db import transaction
+from coverservice.db import make_session_factory, transaction
 from coverservice.models import Cover, Frame, FrameStatus, Stream
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -172,3 +175,37 @@ def test_a_batch_with_retries_and_several_frames_of_one_stream(sessions: session
         queries.record_frames(s, [queries.NewFrame(event("a", 9), NOW - timedelta(hours=1))], now=NOW)
     with sessions() as s:
         assert s.get_one(Stream, "a").last_frame_at == NOW
+
+
+def test_a_claim_reads_about_its_limit_however_long_the_backlog(postgres_url: str) -> None:
+    # The queue is read where workers fall behind: a claim must not gather and sort every
+    # due frame. Every frames node of the claim's plan touches O(limit) rows.
+    engine = create_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    backlog, limit = 3000, 8
+    with transaction(sessions) as s:
+        for b in range(backlog // 500):
+            queries.record_frames(
+                s, [queries.NewFrame(event(f"r{i % 50}", b * 500 + i), NOW - timedelta(seconds=5)) for i in range(500)],
+                now=NOW - timedelta(seconds=60 - b),
+            )
+    statements: list[tuple[str, Any]] = []
+    sa_event.listen(engine, "before_cursor_execute", lambda conn, cur, sql, params, *_: statements.append((sql, params)))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE frames"))  # as autovacuum keeps it in production
+        with transaction(sessions) as s:
+            assert len(queries.claim_frames(s, owner="w", now=NOW, lease=LEASE, limit=limit)) == limit
+        (sql, params), = [(q, p) for q, p in statements if q.lstrip().upper().startswith("UPDATE FRAMES")]
+        with engine.connect() as conn:
+            plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params).scalar_one()
+            conn.rollback()
+    finally:
+        engine.dispose()
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node] + [n for child in node.get("Plans", []) for n in nodes(child)]
+
+    root = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+    touched = [(n["Node Type"], n["Actual Rows"]) for n in nodes(root) if n.get("Relation Name") == "frames"]
+    assert touched and all(rows <= 2 * limit for _, rows in touched), touched
