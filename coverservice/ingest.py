@@ -47,7 +47,8 @@ class GroupCommitter:
         self._max_pending = max_pending
         self._max_writers = writers
         self._pending: list[tuple[NewFrame, asyncio.Future[None]]] = []
-        self._writers: set[asyncio.Task[None]] = set()
+        self._writers = 0  # running
+        self._tasks: set[asyncio.Task[None]] = set()  # references, or a task may be collected mid-write
 
     async def record(self, frame: NewFrame) -> None:
         """Return once ``frame`` is committed; raise what the write raised otherwise."""
@@ -55,16 +56,34 @@ class GroupCommitter:
             raise IngestOverloaded(f"{len(self._pending)} callbacks waiting to be recorded")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((frame, future))
-        if len(self._writers) < self._max_writers:
+        if self._writers < self._max_writers:
+            self._writers += 1
             writer = asyncio.create_task(self._drain())
-            self._writers.add(writer)  # a reference, or the task may be collected mid-write
-            writer.add_done_callback(self._writers.discard)
+            self._tasks.add(writer)
+            writer.add_done_callback(self._tasks.discard)
         await future
 
     async def _drain(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            # In the same step that found the queue empty: a callback queued after it
+            # starts a writer of its own. (A done callback would run a step later, and a
+            # callback queued in between would wait for the next one to be written.)
+            self._writers -= 1
+
+    async def _write_batches(self) -> None:
         while self._pending:
+            # One turn of the event loop before the batch closes: callbacks the loop has
+            # already received are parsed meanwhile and join it. Larger batches pay a
+            # commit's fixed cost less often; at low load the turn costs microseconds.
+            # Measured (bench, Postgres, 32 connections, runs alternated): +9 % callbacks
+            # per second; a second turn, or turns while the queue still grew, did not help.
+            await asyncio.sleep(0)
             batch = self._pending[: self._max_batch]
             del self._pending[: len(batch)]
+            if not batch:  # another writer took them during the turn
+                continue
             for future, error in await self._commit(batch):
                 if future.done():  # a client that went away cancelled its wait
                     continue

@@ -114,6 +114,47 @@ def test_callbacks_arriving_during_a_write_go_together_in_the_next() -> None:
     assert sizes == [1, 5]
 
 
+def test_a_batch_closes_one_loop_turn_after_its_writer_starts() -> None:
+    # Callbacks the event loop handles while the writer is starting join its batch,
+    # rather than each paying a commit of their own.
+    sizes: list[int] = []
+
+    async def write(frames: list[NewFrame]) -> None:
+        sizes.append(len(frames))
+
+    async def run() -> None:
+        committer = GroupCommitter(write)
+        first = asyncio.ensure_future(committer.record(new_frame(0)))
+        await asyncio.sleep(0)  # the first callback is queued and its writer scheduled
+        rest = [asyncio.ensure_future(committer.record(new_frame(i))) for i in range(1, 4)]
+        await asyncio.wait_for(asyncio.gather(first, *rest), timeout=10)
+
+    asyncio.run(run())
+    assert sizes == [4]
+
+
+@pytest.mark.parametrize("turns", range(6))
+def test_a_callback_queued_as_the_writer_ends_is_written(turns: int) -> None:
+    # The writer ends when it finds the queue empty. A callback queued at any moment
+    # around that (here: after ``turns`` turns of the loop) must get a writer, not wait
+    # for some later callback to start one.
+    written: list[str] = []
+
+    async def write(frames: list[NewFrame]) -> None:
+        written.extend(f.event.pic_url for f in frames)
+
+    async def run() -> None:
+        committer = GroupCommitter(write)
+        first = asyncio.ensure_future(committer.record(new_frame(0)))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        late = asyncio.ensure_future(committer.record(new_frame(1)))
+        await asyncio.wait_for(asyncio.gather(first, late), timeout=5)
+
+    asyncio.run(run())
+    assert written == ["/0.jpg", "/1.jpg"]
+
+
 def test_a_failed_write_fails_every_request_of_its_batch() -> None:
     async def write(frames: list[NewFrame]) -> None:
         await asyncio.sleep(0.01)
