@@ -53,12 +53,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZE = "medium"
 _STREAM_ID = re.compile(callbacks.STREAM_ID_PATTERN)
 _MAX_ORIGINS = 4096
-# Batches of callbacks in flight at once. One: while it commits, the next batch gathers
-# and grows with the commit's latency. Measured on Postgres (bench, 32 connections), a
-# second writer halved the batches without more callbacks per second, and a third cost
-# a fifth of them (more statements and commits for the same rows). SQLite has one writer
-# at a time anyway.
-INGEST_WRITERS = 1
 # scheme://authority, the authority ending where check_url's does.
 _ORIGIN = re.compile(r"[^:/?#]+://[^/?#]*")
 
@@ -199,7 +193,7 @@ def create_app(
             if count:
                 metrics.callback(callbacks.SCREENSHOT, outcome, count)
 
-    ingest = GroupCommitter(_write_frames, writers=INGEST_WRITERS)
+    ingest = GroupCommitter(_write_frames)
 
     def _record(event: ModerationEvent | StreamStateEvent) -> None:
         with transaction(sessions) as session:
