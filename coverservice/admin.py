@@ -362,6 +362,7 @@ def _frame_json(frame: Frame, cover_frame_id: int | None) -> dict[str, Any]:
         "received_at": _iso(frame.received_at),
         "status": frame.status,
         "reason": frame.reason,
+        "selection": frame.selection,
         "score": frame.score,
         "metrics": frame.metrics,
         "blocked": frame.blocked,

@@ -152,12 +152,12 @@ def score(files: tuple[str, ...], max_pixels: int, as_json: bool) -> None:
     """Score screenshots as the worker does: each file's metrics, score and verdict, and
     the one selection would pick as a stream's cover."""
     import json
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
     from pathlib import Path
 
     from . import imaging, scoring
     from .errors import ImageRejected
-    from .selection import Candidate, choose_cover
+    from .selection import Candidate, best_of
 
     now = datetime.now(UTC)
     candidates = []
@@ -180,8 +180,8 @@ def score(files: tuple[str, ...], max_pixels: int, as_json: bool) -> None:
         del metrics["score"]
         click.echo("  " + "  ".join(f"{key} {value:.3g}" for key, value in metrics.items()))
     # Screenshots of one moment: ties go to the later file, as selection prefers newer frames.
-    decision = choose_cover(candidates, None, now=now, window=timedelta(minutes=10), hysteresis=0.0)
-    pick = None if decision.frame_id is None else files[decision.frame_id]
+    best = best_of(candidates, now=now)
+    pick = None if best is None else files[best]
     if as_json:
         click.echo(json.dumps({"pick": pick}))
     else:

@@ -60,6 +60,8 @@ DEGRADATIONS: dict[str, Degradation] = {
     "noisy": Degradation("noise", 24.0),
     "shaken": Degradation("motion", 28.0),
     "black": Degradation("black", kind="dim"),
+    # Mildly soft: usable, so it becomes a cover when nothing better is there yet.
+    "soft": Degradation("gaussian", 2.5),
 }
 _CYCLE = ("blurred", "dark", "noisy", "shaken", "black")
 
@@ -82,12 +84,30 @@ class Room:
     scene: str  # a scenes.SCENES name
     size: Size
     camera: Camera
+    # Seconds the push has been live when the demo starts (its push start callback says
+    # so). Past the first minute a cover is no longer provisional: a better frame that
+    # comes within COVERSERVICE_COVER_MIN_INTERVAL of a cover change is held back, and
+    # becomes the cover when the interval ends, with no further screenshot.
+    live_for: float = 0.0
+
+    def plan(self, room_index: int, frames: int) -> list[str]:
+        """The frame labels: black first (a stream starting), then clean and spoiled
+        frames in turn, the spoiled ones cycling through every kind from a different start
+        in each room, so even a short run shows several kinds. A room that has been live a
+        while starts soft instead: its clean frames come inside the interval."""
+        labels = ["black"]
+        for i in range(1, frames):
+            labels.append(CLEAN if i % 2 else _CYCLE[(room_index + i // 2 - 1) % len(_CYCLE)])
+        if self.live_for and frames > 2:
+            labels[1], labels[2] = "soft", CLEAN
+        return labels
 
 
 ROOMS = (
     Room("game", "game stream", "game", (1280, 720), Camera((1.0, 1.3), (0.0, 0.0), (0.05, 0.03), 0.004)),
     Room("talk", "talking head", "studio", (1280, 720), Camera((1.08, 1.14), (-0.02, 0.0), (0.02, 0.01), 0.004)),
-    Room("outdoor", "outdoor pan", "outdoor", (1280, 720), Camera((1.0, 1.04), (-0.17, 0.0), (0.17, 0.0), 0.002)),
+    Room("outdoor", "outdoor pan, live for two minutes", "outdoor", (1280, 720),
+         Camera((1.0, 1.04), (-0.17, 0.0), (0.17, 0.0), 0.002), live_for=120.0),
     Room("mobile", "portrait phone stream", "mobile", (720, 1280), Camera((1.02, 1.1), (0.0, 0.0), (0.0, -0.02), 0.012)),
 )
 
@@ -156,16 +176,6 @@ class Summary:
         return self.directory / "contact-sheet.html"
 
 
-def plan(room_index: int, frames: int) -> list[str]:
-    """Each room's frame labels: black first (a stream starting), then clean and spoiled
-    frames in turn, the spoiled ones cycling through every kind from a different start in
-    each room, so even a short run shows several kinds."""
-    labels = ["black"]
-    for i in range(1, frames):
-        labels.append(CLEAN if i % 2 else _CYCLE[(room_index + i // 2 - 1) % len(_CYCLE)])
-    return labels
-
-
 def make_frames(rooms: Sequence[Room], frames: int, run_id: str) -> list[list[Frame]]:
     out = []
     for r, room in enumerate(rooms):
@@ -173,7 +183,7 @@ def make_frames(rooms: Sequence[Room], frames: int, run_id: str) -> list[list[Fr
         source = scenes.source(room.scene)
         cam = room.camera
         room_frames = []
-        for i, label in enumerate(plan(r, frames)):
+        for i, label in enumerate(room.plan(r, frames)):
             rng = np.random.default_rng([r, i])
             t = i / max(1, frames - 1)
             shake = rng.normal(0.0, cam.shake, 2)
@@ -321,10 +331,11 @@ def _send(
     client: httpx.Client, target: _Target, results: list[RoomResult], config: Config, progress: Progress
 ) -> None:
     for result in results:  # CSS: push started
-        _post(client, target, {"event_type": PUSH_STARTED, "stream_id": result.stream_id, "app": "live"})
+        started_at = {"event_time": int(time.time() - result.room.live_for)} if result.room.live_for else {}
+        _post(client, target, {"event_type": PUSH_STARTED, "stream_id": result.stream_id, "app": "live", **started_at})
     # A screenshot's create_time counts whole seconds, and the service dates the push from
     # the callback's arrival: a screenshot from the same second would count as taken
-    # before the push started, and lose to any later frame (lifecycle.py). CSS takes its
+    # before the push started, and lose to any later frame (selection.py). CSS takes its
     # first screenshot seconds after the push; wait for the next second at least.
     time.sleep(1.0 - time.time() % 1.0 + 0.01)
     started = time.monotonic()
@@ -392,15 +403,21 @@ def _wait(client: httpx.Client, target: _Target, results: list[RoomResult], conf
                 f"allow the stand-in on it with COVERSERVICE_FETCH_ALLOWED_HOSTS=127.0.0.1:* and "
                 "COVERSERVICE_FETCH_ALLOW_PRIVATE=true (it must run on this machine)"
             )
-        if all(f.outcome.get("status") in FINAL for f in frames):
+        processed = all(f.outcome.get("status") in FINAL for f in frames)
+        # A held-back frame becomes its room's cover when the interval ends.
+        settled = processed and all(r.chosen is not None and not r.chosen.degraded for r in results)
+        now = time.monotonic()
+        if settled or (processed and now > deadline):
             progress(f"all {len(frames)} frames processed: {_counts(results)}")
             return
-        now = time.monotonic()
         if now > deadline:
             hint = f"see {target.log}" if target.log else "is a worker running against the service's database?"
             raise DemoError(f"frames not processed within {config.timeout:g} s ({_counts(results)}): {hint}")
         if now - last_report >= 1.0:
-            progress(f"waiting for the worker: {_counts(results)}")
+            held = [f"{r.room.name} #{f.index}" for r in results for f in r.frames
+                    if str(f.outcome.get("selection") or "").startswith("held back")]
+            waiting = "held-back frames to become covers" if processed else "the worker"
+            progress(f"waiting for {waiting}: {_counts(results)}" + (f"; held back: {', '.join(held)}" if held else ""))
             last_report = now
         time.sleep(0.2)
 
@@ -476,6 +493,7 @@ def to_dict(summary: Summary) -> dict[str, Any]:
                         "frame_id": f.outcome.get("id"),
                         "status": f.outcome.get("status"),
                         "reason": f.outcome.get("reason"),
+                        "selection": f.outcome.get("selection"),
                         "score": f.outcome.get("score"),
                         "metrics": f.outcome.get("metrics"),
                         "is_cover": bool(f.outcome.get("is_cover")),
@@ -542,6 +560,7 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 2em; }
 .b-scored { background: #2463b5; } .b-rejected { background: #777; } .b-failed { background: #b52424; }
 .b-pending, .b-processing, .b-not-recorded { background: #c98a00; } .b-cover { background: #1a8f3a; }
 .degraded { color: #a35200; } .reason { color: #555; font-size: 12px; }
+.selection { color: #0b5394; font-size: 12px; }
 table.metrics { font-size: 11px; color: #444; border-collapse: collapse; }
 table.metrics td { padding: 0 6px 0 0; }
 .coverimg { max-width: 320px; border: 3px solid #1a8f3a; border-radius: 6px; }
@@ -595,6 +614,7 @@ def contact_sheet(summary: Summary) -> str:
                 + (' <span class="badge b-cover">cover</span>' if f.outcome.get("is_cover") else "")
                 + (f"<br>score {_num(score)}" if score is not None else "")
                 + f'<div class="reason">{e(str(f.outcome.get("reason") or ""))}</div>'
+                + f'<div class="selection">{e(str(f.outcome.get("selection") or ""))}</div>'
                 + (f'<table class="metrics">{rows}</table>' if rows else "")
                 + "</figcaption></figure>"
             )

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -49,6 +50,13 @@ def _in(column: str, values: type[enum.StrEnum]) -> str:
 
 class Stream(Base):
     __tablename__ = "streams"
+    # The reselection claim: due streams in due order, over the few that have a due time.
+    __table_args__ = (
+        Index(
+            "ix_streams_reselect_at", "reselect_at",
+            postgresql_where=text("reselect_at IS NOT NULL"), sqlite_where=text("reselect_at IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[StreamId] = mapped_column(primary_key=True)
     created_at: Mapped[datetime]
@@ -67,9 +75,11 @@ class Stream(Base):
     # Push state from CSS events 1 / 0.
     live: Mapped[bool] = mapped_column(default=False, server_default=false())
     live_changed_at: Mapped[datetime | None]
-    # Set when the cover must be chosen again without a new frame (its frame was
-    # blocked); a worker picks it up.
-    reselect_requested_at: Mapped[datetime | None]
+    # When the cover must be chosen again without a new frame: a held-back better frame's
+    # interval ends, the cover leaves the window or is overtaken as it ages, its frame was
+    # blocked, the push stopped. Workers claim due streams as they claim frames (a claim
+    # moves it one lease ahead, so a worker that dies leaves it due again).
+    reselect_at: Mapped[datetime | None]
 
 
 class Frame(Base):
@@ -111,6 +121,8 @@ class Frame(Base):
     # Blocked frames (moderation or an admin) are never used for a cover.
     blocked: Mapped[bool] = mapped_column(default=False, server_default=false())
     blocked_reason: Mapped[str | None] = mapped_column(Text)
+    # What selection made of the frame ("became the cover: ...", "held back until ...").
+    selection: Mapped[str | None] = mapped_column(Text)
 
 
 class ModerationFlag(Base):

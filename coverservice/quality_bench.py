@@ -13,7 +13,7 @@ decoded luma:
 - **pairs**: the clean frame against each degraded frame of its window; won when the
   clean one scores strictly higher (or the degraded one is rejected and the clean one is
   not);
-- **windows**: ``selection.choose_cover`` picks the clean frame from the whole window.
+- **windows**: ``selection.best_of`` picks the clean frame from the whole window.
 
 Four splits, each with its own sizes and strengths: *tuned* (1280×720, 640×360) is what
 the scorer's constants were chosen on; *held-out* (960×540, portrait 360×640) and *unseen*
@@ -40,7 +40,7 @@ import numpy as np
 
 from . import imaging, scenes, scoring
 from .scenes import RGB, Degradation, Size, degrade
-from .selection import Candidate, choose_cover
+from .selection import Candidate, best_of
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "china")
 SYNTHETIC = ("studio", "game")
@@ -315,10 +315,7 @@ def _run_window(
         ]
         # Just after the last screenshot, as the worker decides; the whole window is fresh.
         now = start + timedelta(seconds=10 * len(decoded))
-        decision = choose_cover(
-            candidates, None, now=now, window=timedelta(minutes=10), hysteresis=0.0
-        )
-        result.windows[name].add(decision.frame_id == 0)
+        result.windows[name].add(best_of(candidates, now=now) == 0)
 
 
 # --- speed -----------------------------------------------------------------------------

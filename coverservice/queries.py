@@ -43,7 +43,7 @@ from .models import (
     Rendition,
     Stream,
 )
-from .selection import Candidate
+from .selection import Candidate, CurrentCover, StreamView
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,10 @@ class StreamState:
 
 @dataclass(frozen=True)
 class SelectionInputs:
-    candidates: list[Candidate]  # scored, unblocked frames since the window start
-    current: Candidate | None  # the automatic cover, if it is a frame
-    current_cover_id: int | None
-    current_since: datetime | None  # when the automatic cover was installed
-    live: bool
-    live_changed_at: datetime | None
+    view: StreamView
+    since: datetime  # the window start the candidates were read from
+    current_cover_id: int | None  # for install_cover's compare-and-set
+    reselect_at: datetime | None  # the stream's due time as read
 
 
 MODERATION_REASON = "moderation"
@@ -444,6 +442,7 @@ def finish_frame(
     now: datetime,
     score: float | None = None,
     metrics: dict[str, Any] | None = None,
+    selection: str | None = None,
 ) -> bool:
     """Record a frame's outcome; False when the lease was lost meanwhile."""
     result = session.execute(
@@ -454,6 +453,7 @@ def finish_frame(
             reason=reason,
             score=score,
             metrics=metrics,
+            selection=selection,
             processed_at=now,
             processed_by=frame.owner.partition("/")[0],
             lease_owner=None,
@@ -486,30 +486,40 @@ def retry_frame_later(
 
 
 def selection_inputs(session: Session, stream_id: str, *, since: datetime) -> SelectionInputs:
+    """What selection needs to decide for a stream: its frames scored since ``since``
+    (the policy's window start), its automatic cover and its push state."""
     rows = session.execute(
-        select(Frame.id, Frame.score, Frame.captured_at).where(
+        select(Frame.id, Frame.score, Frame.captured_at, Frame.blocked).where(
             Frame.stream_id == stream_id,
             Frame.status == FrameStatus.SCORED,
-            Frame.blocked.is_(False),
             Frame.captured_at >= since,
         )
     ).all()
-    candidates = [Candidate(r[0], r[1] or 0.0, r[2]) for r in rows]
+    candidates = [Candidate(r[0], r[1] or 0.0, r[2], r[3]) for r in rows]
     row = session.execute(
         select(
-            Stream.cover_id, Stream.live, Stream.live_changed_at,
-            Cover.frame_id, Cover.score, Cover.captured_at, Cover.created_at,
+            Stream.cover_id, Stream.created_at, Stream.live, Stream.live_changed_at, Stream.reselect_at,
+            Cover.frame_id, Cover.score, Cover.captured_at, Cover.created_at, Frame.blocked,
         )
         .outerjoin(Cover, Cover.id == Stream.cover_id)
+        .outerjoin(Frame, Frame.id == Cover.frame_id)
         .where(Stream.id == stream_id)
     ).one_or_none()
     if row is None:
-        return SelectionInputs(candidates, None, None, None, False, None)
-    cover_id, live, live_changed_at, frame_id, score, captured_at, created_at = row
+        return SelectionInputs(StreamView(candidates, None, first_seen_at=since), since, None, None)
+    cover_id, created_at, live, live_changed_at, reselect_at, frame_id, score, captured_at, installed_at, blocked = row
     current = None
     if frame_id is not None and score is not None and captured_at is not None:
-        current = Candidate(frame_id, score, captured_at)
-    return SelectionInputs(candidates, current, cover_id, created_at, live, live_changed_at)
+        current = CurrentCover(frame_id, score, captured_at, installed_at, bool(blocked))
+    view = StreamView(candidates, current, first_seen_at=created_at, live=live, live_changed_at=live_changed_at)
+    return SelectionInputs(view, since, cover_id, reselect_at)
+
+
+def note_selection(session: Session, frame_id: int, note: str) -> None:
+    """Record what selection made of an earlier frame (a held-back frame installed later)."""
+    session.execute(
+        update(Frame).where(Frame.id == frame_id).values(selection=note).execution_options(synchronize_session=False)
+    )
 
 
 def frame_source(session: Session, frame_id: int) -> tuple[str, float | None, datetime]:
@@ -798,7 +808,7 @@ def block_frame(session: Session, frame_id: int, *, reason: str, now: datetime) 
             .order_by(Cover.id.desc())
             .limit(1)
         )
-        stream.reselect_requested_at = now
+        stream.reselect_at = now
     session.flush()
     notify_cover_change(session, stream_id)
     return stream_id
@@ -810,7 +820,7 @@ def unblock_frame(session: Session, frame_id: int, *, now: datetime) -> str | No
         return None
     session.execute(update(Frame).where(Frame.id == frame_id).values(blocked=False, blocked_reason=None))
     # The frame may be the best one again.
-    session.execute(update(Stream).where(Stream.id == stream_id).values(reselect_requested_at=now))
+    schedule_reselection(session, stream_id, at=now)
     return stream_id
 
 
@@ -842,25 +852,78 @@ def record_moderation(session: Session, event: ModerationEvent, *, now: datetime
     return list(frame_ids)
 
 
-def request_reselection(session: Session, stream_id: str, *, now: datetime) -> None:
-    session.execute(update(Stream).where(Stream.id == stream_id).values(reselect_requested_at=now))
+def schedule_reselection(
+    session: Session,
+    stream_id: str,
+    *,
+    at: datetime | None,
+    claimed: datetime | None = None,
+    seen: SelectionInputs | None = None,
+) -> None:
+    """Ask for the stream to be reconsidered at ``at`` (None: no time is needed).
+
+    Anyone may move a due time earlier, never later: a decision made from an older
+    snapshot (a concurrent worker's) must not cancel one that is needed, and one that
+    fires for nothing costs a reselection that finds nothing to do.
+
+    The worker that claimed the stream (``claimed``: the lease it set) replaces its lease
+    with its decision's time, unless the stream moved on since its snapshot (``seen``):
+    the due time was changed (a block, a push stop, another decision), another cover was
+    installed, or a frame was scored that the snapshot did not hold. Then the lease stays
+    as the due time, and the next look sees everything."""
+    if claimed is not None and seen is not None:
+        unseen = (
+            select(Frame.id)
+            .where(
+                Frame.stream_id == stream_id,
+                Frame.status == FrameStatus.SCORED,
+                Frame.captured_at >= seen.since,
+                Frame.id.not_in([c.frame_id for c in seen.view.candidates]),
+            )
+            .exists()
+        )
+        cover = Stream.cover_id.is_(None) if seen.current_cover_id is None else Stream.cover_id == seen.current_cover_id
+        result = session.execute(
+            update(Stream)
+            .where(Stream.id == stream_id, Stream.reselect_at == claimed, cover, ~unseen)
+            .values(reselect_at=at)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            return
+    if at is None:
+        return
+    session.execute(
+        update(Stream)
+        .where(Stream.id == stream_id, or_(Stream.reselect_at.is_(None), Stream.reselect_at > at))
+        .values(reselect_at=at)
+        .execution_options(synchronize_session=False)
+    )
 
 
-def claim_reselections(session: Session, *, limit: int) -> list[str]:
+def claim_reselections(
+    session: Session, *, now: datetime, lease: timedelta, limit: int
+) -> list[tuple[str, datetime]]:
+    """Lease up to ``limit`` streams whose reselection is due, as frames are claimed:
+    SKIP LOCKED in due order over ix_streams_reselect_at. The claim moves the due time
+    one lease ahead, so a worker that dies before deciding leaves it due again. Returns
+    each stream with the lease it holds (for ``schedule_reselection``)."""
+    until = now + lease
     due = (
         select(Stream.id)
-        .where(Stream.reselect_requested_at.is_not(None))
+        .where(Stream.reselect_at <= now)
+        .order_by(Stream.reselect_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     rows = session.execute(
         update(Stream)
         .where(Stream.id.in_(due.scalar_subquery()))
-        .values(reselect_requested_at=None)
+        .values(reselect_at=until)
         .returning(Stream.id)
         .execution_options(synchronize_session=False)
     ).all()
-    return [r[0] for r in rows]
+    return [(r[0], until) for r in rows]
 
 
 # --- stream lifecycle ----------------------------------------------------------------------------
@@ -881,6 +944,9 @@ def set_stream_live(
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         return False
+    if not live:
+        # The cover may be one of the stream's last frames, which stop no longer admits.
+        schedule_reselection(session, stream_id, at=now)
     notify_cover_change(session, stream_id)
     return True
 

@@ -71,7 +71,11 @@ class Settings(BaseSettings):
     selection_half_life: float = Field(default=60.0, gt=0)
     # Rendering a cover costs ~100× scoring a frame: a stream's cover changes for a better
     # frame at most this often (stale, blocked or missing covers are replaced at once).
+    # A frame held back by it becomes the cover when the interval ends, with no new frame.
     cover_min_interval: float = Field(default=15.0, ge=0)
+    # For this long after a stream starts (first seen, or a push start or stop), a clearly
+    # better frame replaces the cover at once: first frames are often loading screens.
+    cover_provisional: float = Field(default=60.0, ge=0)
 
     # --- moderation and lifecycle --------------------------------------------------------
     # CSS 317 suggestions that block a frame; add "Review" to block on review as well.

@@ -16,7 +16,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, event
@@ -27,11 +27,10 @@ from . import imaging, queries, scoring
 from .covers import render_and_store
 from .db import utcnow
 from .errors import FetchError, ImageRejected, StorageError
-from .lifecycle import lifecycle_candidates
 from .metrics import Metrics
 from .models import FrameStatus
 from .queries import ClaimedFrame
-from .selection import Candidate, choose_cover
+from .selection import Candidate, Decision, Policy, decide, frame_note
 from .settings import Settings
 from .storage import Storage
 
@@ -77,8 +76,7 @@ class Worker:
         self._jitter = jitter
         self.name = name or f"worker-{uuid.uuid4().hex[:12]}"
         self._lease = timedelta(seconds=settings.worker_lease)
-        self._window = timedelta(seconds=settings.selection_window)
-        self._grace = timedelta(seconds=settings.offline_grace)
+        self._policy = Policy.from_settings(settings)
         self._last_prune: datetime | None = None
         self._on_cover_change = on_cover_change
         # The frame of the batch that comes next, begun by the final transaction of the
@@ -138,7 +136,9 @@ class Worker:
                 lease=self._lease,
                 limit=self.settings.worker_batch_size,
             )
-            streams = queries.claim_reselections(session, limit=self.settings.worker_batch_size)
+            streams = queries.claim_reselections(
+                session, now=now, lease=self._lease, limit=self.settings.worker_batch_size
+            )
             self._upcoming = batch[0] if batch else None
             self._begin_next(session)
         if parked:
@@ -155,13 +155,12 @@ class Worker:
         finally:
             self._upcoming = None
             self._begun.clear()
-        for stream_id in streams:
+        for stream_id, claimed in streams:
             try:
-                self.reselect(stream_id)
+                self._choose(stream_id, None, claimed=claimed)
             except Exception:
+                # The claim's lease stays as the stream's due time: it is tried again then.
                 log.exception("worker %s: reselecting %s failed", self.name, stream_id)
-                with self._transaction() as session:
-                    queries.request_reselection(session, stream_id, now=self._clock())
         self._maybe_prune(now)
         return len(batch) + len(streams)
 
@@ -260,51 +259,54 @@ class Worker:
         if self._choose(frame.stream_id, (frame, scored)) is _UNFINISHED:
             self._finish(frame, FrameStatus.SCORED, scored.scores.reason, scores=scored.scores)
 
-    def _finish_unchanged(self, session: Session, new: tuple[ClaimedFrame, _Scored] | None) -> object:
+    def _finish_unchanged(
+        self, session: Session, new: tuple[ClaimedFrame, _Scored] | None, decision: Decision
+    ) -> object:
         """Record a new frame that changes no cover in the transaction that read the
         selection inputs: most frames end here, in one transaction."""
         if new is None:
             return _DONE
         frame, scored = new
-        if self._finish_in(session, frame, FrameStatus.SCORED, scored.scores.reason, scored.scores):
+        note = frame_note(decision, frame.id)
+        if self._finish_in(session, frame, FrameStatus.SCORED, scored.scores.reason, scored.scores, note):
             self.metrics.frame_finished(FrameStatus.SCORED, scored.scores.reason)
         self._begin_next(session)
         return _DONE
 
-    def reselect(self, stream_id: str) -> None:
-        """Choose a stream's cover again without a new frame (its cover was blocked)."""
-        self._choose(stream_id, None)
+    def _schedule(
+        self,
+        session: Session,
+        stream_id: str,
+        inputs: queries.SelectionInputs,
+        decision: Decision,
+        claimed: datetime | None,
+    ) -> None:
+        """Store when the stream must be looked at again. Most decisions leave the due
+        time as it is (it is already as early or earlier), which costs no statement."""
+        at, stored = decision.recheck_at, inputs.reselect_at
+        if claimed is None and (at is None or (stored is not None and stored <= at)):
+            return
+        queries.schedule_reselection(session, stream_id, at=at, claimed=claimed, seen=inputs)
 
-    def _choose(self, stream_id: str, new: tuple[ClaimedFrame, _Scored] | None) -> object:
+    def _choose(
+        self, stream_id: str, new: tuple[ClaimedFrame, _Scored] | None, *, claimed: datetime | None = None
+    ) -> object:
         """Select, render and install. A new frame's result commits in the same
         transaction as the cover it produces; _UNFINISHED tells the caller the frame
-        still needs its result recorded."""
+        still needs its result recorded. ``claimed``: the lease of a claimed reselection."""
         for _ in range(_SELECTION_ROUNDS):
             now = self._clock()
             with self._transaction() as session:
-                inputs = queries.selection_inputs(session, stream_id, since=now - self._window)
-                candidates = inputs.candidates
+                inputs = queries.selection_inputs(session, stream_id, since=self._policy.window_start(now))
+                view = inputs.view
                 if new is not None:
                     # The new frame is still 'processing', so it is not among the stored ones.
-                    candidates.append(Candidate(new[0].id, new[1].scores.score, new[0].captured_at))
-                candidates, current = lifecycle_candidates(
-                    candidates,
-                    inputs.current,
-                    live=inputs.live,
-                    changed_at=inputs.live_changed_at,
-                    grace=self._grace,
-                )
-                decision = choose_cover(
-                    candidates,
-                    current,
-                    now=now,
-                    window=self._window,
-                    hysteresis=self.settings.selection_hysteresis,
-                    freshness=timedelta(seconds=self.settings.selection_freshness),
-                    half_life=timedelta(seconds=self.settings.selection_half_life),
-                )
-                if decision.frame_id is None or self._too_soon(inputs, current, now):
-                    return self._finish_unchanged(session, new)
+                    arrived = Candidate(new[0].id, new[1].scores.score, new[0].captured_at)
+                    view = replace(view, candidates=[*view.candidates, arrived])
+                decision = decide(view, now=now, policy=self._policy)
+                if decision.frame_id is None:
+                    self._schedule(session, stream_id, inputs, decision, claimed)
+                    return self._finish_unchanged(session, new, decision)
             winner = self._winner_source(stream_id, new, decision.frame_id)
             if winner is None:
                 return _UNFINISHED
@@ -322,10 +324,14 @@ class Worker:
                 return _UNFINISHED
             with self._transaction() as session:
                 if new is not None and not self._finish_in(
-                    session, new[0], FrameStatus.SCORED, new[1].scores.reason, new[1].scores
+                    session, new[0], FrameStatus.SCORED, new[1].scores.reason, new[1].scores,
+                    frame_note(decision, new[0].id),
                 ):
                     session.rollback()
                     return _DONE  # another worker owns the frame now
+                # Before the install: a claimed reselection's due time is replaced only if
+                # the stream still has the cover its decision was made against.
+                self._schedule(session, stream_id, inputs, decision, claimed)
                 cover_id = queries.install_cover(
                     session,
                     stream_id,
@@ -340,6 +346,9 @@ class Worker:
                 if cover_id is None:
                     session.rollback()
                     continue
+                if new is None or decision.frame_id != new[0].id:
+                    note = frame_note(decision, decision.frame_id, rechecked_at=now if new is None else None)
+                    queries.note_selection(session, decision.frame_id, note)
                 self._begin_next(session)
             log.info("stream %s: cover %d from frame %d (%s)", stream_id, cover_id, decision.frame_id, decision.reason)
             if self._on_cover_change is not None:
@@ -350,15 +359,6 @@ class Worker:
             return _DONE
         # Other workers kept changing this stream's cover; theirs will see this frame.
         return _UNFINISHED
-
-    def _too_soon(self, inputs: queries.SelectionInputs, current: Candidate | None, now: datetime) -> bool:
-        """A fresh current cover is replaced by a better frame at most once per
-        cover_min_interval. The better frame is not lost: the stream's next frame after
-        the interval reselects over the whole window."""
-        if current is None or inputs.current_since is None:
-            return False
-        fresh = current.captured_at >= now - self._window
-        return fresh and (now - inputs.current_since).total_seconds() < self.settings.cover_min_interval
 
     def _winner_source(
         self, stream_id: str, new: tuple[ClaimedFrame, _Scored] | None, winner_id: int
@@ -385,7 +385,7 @@ class Worker:
         scores: scoring.Scores | None = None,
     ) -> None:
         with self._transaction() as session:
-            done = self._finish_in(session, frame, status, reason, scores)
+            done = self._finish_in(session, frame, status, reason, scores, None)
             self._begin_next(session)
         if done:
             self.metrics.frame_finished(status, reason)
@@ -399,6 +399,7 @@ class Worker:
         status: FrameStatus,
         reason: str,
         scores: scoring.Scores | None,
+        selection: str | None,
     ) -> bool:
         done = queries.finish_frame(
             session,
@@ -408,6 +409,7 @@ class Worker:
             now=self._clock(),
             score=scores.score if scores else None,
             metrics=scores.metrics() if scores else None,
+            selection=selection,
         )
         if not done:
             log.warning("worker %s lost the lease on frame %d; dropping its result", self.name, frame.id)

@@ -264,6 +264,8 @@ def test_listings_show_streams_and_frames_with_scores(h: Harness) -> None:
     assert by_id[sharp]["is_cover"] and not by_id[soft]["is_cover"]
     assert by_id[sharp]["status"] == "scored" and by_id[sharp]["score"] > by_id[soft]["score"]
     assert "sharpness" in by_id[sharp]["metrics"] and by_id[sharp]["reason"]
+    assert by_id[sharp]["selection"] == "became the cover: first usable frame"
+    assert by_id[soft]["selection"] == "not the cover: the cover is still the best frame"
     thumb = h.http.get(by_id[soft]["thumbnail_url"], headers=AUTH)
     assert Image.open(io.BytesIO(thumb.content)).size == (320, 180)
     assert h.http.get(by_id[soft]["thumbnail_url"]).status_code == 401
@@ -377,6 +379,22 @@ def test_the_last_frames_of_an_ending_stream_never_become_the_cover(h: Harness) 
     h.worker.drain()
     assert h.frame(final).score > h.frame(good).score  # type: ignore[operator]
     assert h.cover_frame("room") == good
+
+
+def test_a_push_stop_takes_the_cover_off_a_frame_from_just_before_it(h: Harness) -> None:
+    # The final screenshot was processed (and became the cover) before the interruption
+    # arrived: the stop has the stream reconsidered, with no new frame.
+    base = scene(1280, 720, seed=27)
+    h.callback({"event_type": 1, "stream_id": "room"})
+    h.clock.advance(30)
+    good = h.screenshot("room", "/room/good.jpg", encode(blurred(base, 2)), age=20)
+    final = h.screenshot("room", "/room/final.jpg", encode(base), age=2)
+    h.worker.drain()
+    assert h.cover_frame("room") == final
+    h.callback({"event_type": 0, "stream_id": "room"})
+    assert h.worker.drain() == 1  # the stream's reselection
+    assert h.cover_frame("room") == good
+    assert "just before the push stopped" in (h.frame(good).selection or "")
 
 
 def test_fresh_frames_win_once_the_stream_is_back(h: Harness) -> None:

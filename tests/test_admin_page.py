@@ -160,6 +160,9 @@ def test_admin_pins_blocks_uploads_and_releases_from_the_page(
     expect(card(page, sharp["id"]).get_by_test_id("frame-score")).to_have_text(f"score {sharp['score']:.3f}")
     expect(card(page, sharp["id"]).get_by_test_id("frame-reason")).to_have_text(sharp["reason"])
     expect(card(page, sharp["id"]).get_by_test_id("frame-metrics")).to_contain_text("sharpness")
+    # What selection made of each frame.
+    expect(card(page, sharp["id"]).get_by_test_id("frame-selection")).to_have_text(sharp["selection"])
+    expect(card(page, sharp["id"]).get_by_test_id("frame-selection")).to_contain_text("became the cover")
     expect(card(page, soft["id"]).get_by_test_id("frame-is-cover")).to_have_count(0)
     expect(card(page, black["id"]).get_by_test_id("frame-status")).to_have_text("rejected")
     expect(card(page, black["id"]).get_by_test_id("frame-reason")).to_contain_text("black frame")

@@ -87,7 +87,8 @@ def check_summary(summary: dict[str, Any], rooms: int, frames: int, directory: P
     for room in summary["rooms"]:
         assert len(room["frames"]) == frames
         labels = [f["label"] for f in room["frames"]]
-        assert labels == demo.plan(summary["rooms"].index(room), frames)
+        index = summary["rooms"].index(room)
+        assert labels == demo.ROOMS[index].plan(index, frames)
         assert any(f["degraded"] for f in room["frames"]) and not all(f["degraded"] for f in room["frames"])
         for f in room["frames"]:
             assert f["status"] in {"scored", "rejected"}, f
@@ -102,6 +103,11 @@ def check_summary(summary: dict[str, Any], rooms: int, frames: int, directory: P
         assert cover["frame_id"] == chosen["frame_id"] and cover["score"] == pytest.approx(chosen["score"])
         # The clean frame's score beats every degraded frame's: the pick is the scorer's.
         assert all(chosen["score"] > (f["score"] or 0) for f in room["frames"] if f["degraded"])
+        if demo.ROOMS[index].live_for:
+            # Past its first minute: the clean frames came within the interval of the soft
+            # cover, were held back, and one became the cover when the interval ended.
+            assert room["frames"][1]["selection"] == "became the cover: first usable frame"
+            assert "with no new frame" in chosen["selection"], chosen["selection"]
         with Image.open(directory / room["cover_file"]) as im:
             assert im.format == "JPEG" and im.size[0] > 0
 
@@ -279,18 +285,22 @@ def test_demo_explains_a_service_that_is_not_there(tmp_path: Path) -> None:
 
 
 def test_every_short_run_has_a_clean_frame_after_the_black_one() -> None:
-    for room in range(len(demo.ROOMS)):
-        labels = demo.plan(room, 12)
-        assert labels[0] == "black" and labels[1] == demo.CLEAN
-        assert set(labels) == {demo.CLEAN, *demo.DEGRADATIONS}
+    for index, room in enumerate(demo.ROOMS):
+        labels = room.plan(index, 12)
+        assert labels[0] == "black"
+        # A room live for a while starts soft: its clean frame comes inside the interval.
+        assert labels[1:3] == (["soft", demo.CLEAN] if room.live_for else [demo.CLEAN, labels[2]])
+        assert set(labels) - {"soft"} == {demo.CLEAN, *demo.DEGRADATIONS} - {"soft"}
+    assert any(room.live_for for room in demo.ROOMS)
     # Rooms start their spoiled frames at different kinds, so a short run shows several.
-    assert {demo.plan(room, 3)[2] for room in range(len(demo.ROOMS))} == {"blurred", "dark", "noisy", "shaken"}
+    starts = {room.plan(i, 3)[2] for i, room in enumerate(demo.ROOMS) if not room.live_for}
+    assert len(starts) == sum(1 for room in demo.ROOMS if not room.live_for) and demo.CLEAN not in starts
 
 
 def test_frames_move_from_one_screenshot_to_the_next() -> None:
-    [frames] = demo.make_frames(demo.ROOMS[2:3], 4, "abc123")
+    [frames] = demo.make_frames(demo.ROOMS[:1], 4, "abc123")
     clean = [f for f in frames if not f.degraded]
     assert len(clean) == 2 and clean[0].data != clean[1].data
-    assert [f.file for f in frames] == [f"frames/demo-abc123-outdoor/{i:02d}-{label}.jpg"
-                                        for i, label in enumerate(demo.plan(0, 4))]
-    assert demo.make_frames(demo.ROOMS[2:3], 4, "abc123")[0][1].data == clean[0].data  # reproducible
+    assert [f.file for f in frames] == [f"frames/demo-abc123-game/{i:02d}-{label}.jpg"
+                                        for i, label in enumerate(demo.ROOMS[0].plan(0, 4))]
+    assert demo.make_frames(demo.ROOMS[:1], 4, "abc123")[0][1].data == clean[0].data  # reproducible

@@ -286,25 +286,68 @@ def test_a_worker_that_died_mid_frame_is_replaced_after_the_lease(
     assert claimed.id == frame_id
 
 
-def test_cover_changes_are_bounded_per_stream_but_better_frames_are_not_lost(
+def test_a_held_back_frame_becomes_the_cover_when_the_interval_ends_with_no_new_frame(
     make_settings: Callable[..., Settings], sessions: sessionmaker[Session], storage: FileStorage,
     cos: CosServer, clock: Clock,
 ) -> None:
-    settings = make_settings(cover_min_interval=60.0)
+    settings = make_settings(cover_min_interval=60.0, cover_provisional=0.0)
     with Fetcher.from_settings(settings) as fetcher:
         worker = Worker(settings, session_factory=sessions, storage=storage, fetch=fetcher.fetch, clock=clock)
         base = scene(1280, 720, seed=9)
         soft = add_frame(sessions, cos, clock, "/room/soft.jpg", encode(blurred(base, 4)))
         worker.drain()
+        clock.advance(5)
         sharp = add_frame(sessions, cos, clock, "/room/sharp.jpg", encode(base))
         worker.drain()
         view = current_cover(sessions)
         assert view is not None and view.frame_id == soft  # too soon to render again
-        clock.advance(61)
-        add_frame(sessions, cos, clock, "/room/later.jpg", encode(blurred(base, 5)))
-        worker.drain()
+        note = frame(sessions, sharp).selection
+        assert note is not None and note.startswith("held back until 12:01:00 UTC: the cover changed 5 s ago"), note
+        with sessions() as s:
+            assert s.get_one(Stream, "room").reselect_at == T0 + timedelta(seconds=60)
+        clock.advance(54)
+        assert worker.drain() == 0  # not due yet
+        clock.advance(1)
+        assert worker.drain() == 1  # the stream, with no new frame
         view = current_cover(sessions)
         assert view is not None and view.frame_id == sharp
+        note = frame(sessions, sharp).selection
+        assert note is not None and note.startswith("became the cover: score"), note
+        assert note.endswith("(on a recheck at 12:01:00 UTC, with no new frame)"), note
+        with sessions() as s:
+            # Nothing newer than the cover: nothing left for time alone to change.
+            assert s.get_one(Stream, "room").reselect_at is None
+
+
+def test_a_first_cover_is_provisional(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], storage: FileStorage,
+    cos: CosServer, clock: Clock,
+) -> None:
+    settings = make_settings(cover_min_interval=60.0, cover_provisional=30.0)
+    with Fetcher.from_settings(settings) as fetcher:
+        worker = Worker(settings, session_factory=sessions, storage=storage, fetch=fetcher.fetch, clock=clock)
+        base = scene(1280, 720, seed=9)
+
+        def send(name: str, sigma: float, after: float) -> int:
+            clock.advance(after)
+            frame_id = add_frame(sessions, cos, clock, f"/room/{name}.jpg", encode(blurred(base, sigma) if sigma else base))
+            worker.drain()
+            return frame_id
+
+        send("blurry", 6, 0)
+        softer = send("softer", 3, 5)
+        view = current_cover(sessions)
+        assert view is not None and view.frame_id == softer  # 5 s after the start: no wait
+        assert "provisional" in (frame(sessions, softer).selection or "")
+        # Installed inside the first 30 s, that cover stays provisional...
+        soft = send("soft", 1.5, 35)
+        view = current_cover(sessions)
+        assert view is not None and view.frame_id == soft
+        # ...and this one, installed 40 s in, is protected by the interval.
+        sharp = send("sharp", 0, 5)
+        view = current_cover(sessions)
+        assert view is not None and view.frame_id == soft
+        assert (frame(sessions, sharp).selection or "").startswith("held back until"), frame(sessions, sharp).selection
 
 
 def test_a_frame_that_changes_no_cover_costs_one_commit(
