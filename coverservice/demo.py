@@ -94,12 +94,13 @@ class Room:
         """The frame labels: black first (a stream starting), then clean and spoiled
         frames in turn, the spoiled ones cycling through every kind from a different start
         in each room, so even a short run shows several kinds. A room that has been live a
-        while starts soft instead: its clean frames come inside the interval."""
+        while has a soft frame before the first clean one, which so comes inside the
+        interval."""
         labels = ["black"]
         for i in range(1, frames):
             labels.append(CLEAN if i % 2 else _CYCLE[(room_index + i // 2 - 1) % len(_CYCLE)])
-        if self.live_for and frames > 2:
-            labels[1], labels[2] = "soft", CLEAN
+        if self.live_for:
+            labels = ["black", "soft", *labels[1:]][:frames]
         return labels
 
 
@@ -224,7 +225,7 @@ def run(config: Config, *, progress: Progress = lambda _: None) -> Summary:
             f.url = shots.url(k, f"/{datetime.now(UTC):%Y-%m-%d}/{f.stream_id}-screenshot-{f.index:02d}-{w}x{h}.jpg")
         progress(f"COS stand-in serving {len(frames)} screenshots at http://{LOOPBACK}:{shots.port}/")
         if config.url is None:
-            target = stack.enter_context(_start_service(directory, shots.port, progress))
+            target = stack.enter_context(_start_service(directory, shots.port, config.interval, progress))
         else:
             target = _Target(config.url.rstrip("/"), config.key, config.admin_token)
         client = stack.enter_context(httpx.Client(base_url=target.base_url, timeout=10.0))
@@ -252,7 +253,7 @@ class _Target:
 
 
 @contextlib.contextmanager
-def _start_service(directory: Path, cos_port: int, progress: Progress) -> Iterator[_Target]:
+def _start_service(directory: Path, cos_port: int, interval: float, progress: Progress) -> Iterator[_Target]:
     key, token = secrets.token_hex(16), secrets.token_hex(16)
     env = {
         "COVERSERVICE_DATABASE_URL": f"sqlite:///{directory / 'coverservice.sqlite3'}",
@@ -262,9 +263,11 @@ def _start_service(directory: Path, cos_port: int, progress: Progress) -> Iterat
         # The stand-in is on loopback, which downloads refuse unless told otherwise.
         "COVERSERVICE_FETCH_ALLOWED_HOSTS": f"{LOOPBACK}:{cos_port}",
         "COVERSERVICE_FETCH_ALLOW_PRIVATE": "true",
-        # The demo compresses CSS's 5-10 s between screenshots into `interval`: a cover
-        # held for 15 s of real time would hold for the whole run.
-        "COVERSERVICE_COVER_MIN_INTERVAL": "0",
+        # The demo compresses CSS's 5 s between screenshots into `interval`; the minimum
+        # interval (15 s) and the provisional period (60 s) are compressed alike, the
+        # interval to 2 s at least, so the room live for a while shows a hold-back.
+        "COVERSERVICE_COVER_MIN_INTERVAL": f"{max(2.0, 3 * interval):g}",
+        "COVERSERVICE_COVER_PROVISIONAL": f"{12 * interval:g}",
         "COVERSERVICE_WORKER_POLL_INTERVAL": "0.2",
     }
     log = directory / "service.log"

@@ -27,7 +27,8 @@ Rules, in the order ``decide`` applies them:
   is *held back*, not lost: the decision's ``recheck_at`` is when the interval ends, and
   the stream is reconsidered then with no new frame needed.
 - **Provisional first covers**: a cover installed within ``provisional`` (60 s) of the
-  stream's start (its first sighting, or its latest push start or stop) is replaced by a
+  stream's start (its latest push start or stop, as CSS dates it; without push events,
+  when the service first heard of the stream) is replaced by a
   clearly better frame without waiting for the interval. A stream's first screenshots
   are often its worst (a loading screen, a camera still finding its exposure), and the
   interval must not protect them. Hysteresis still applies, so even then every change is
@@ -166,7 +167,8 @@ def decide(view: StreamView, *, now: datetime, policy: Policy = Policy()) -> Dec
     if not candidates:
         return Decision(None, Outcome.EMPTY, "no usable frame in the window; keeping the cover", None)
     best = max(candidates, key=lambda c: (_value(c, now, policy), c.captured_at, c.frame_id))
-    started = view.first_seen_at if view.live_changed_at is None else max(view.first_seen_at, view.live_changed_at)
+    # A push event says when the push began; without one, the first sighting does.
+    started = view.first_seen_at if view.live_changed_at is None else view.live_changed_at
 
     def install(outcome: Outcome, reason: str) -> Decision:
         new = CurrentCover(best.frame_id, best.score, best.captured_at, installed_at=now)

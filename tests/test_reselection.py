@@ -136,7 +136,7 @@ def test_streams_at_css_pace_end_on_their_clean_frames(
 ) -> None:
     """Streams sending a screenshot every 5 s (here 0.5 s, with the interval and the
     provisional period scaled alike), six each, one clean at a random place among them."""
-    pace, streams, count = 0.5, 12, 6
+    pace, streams, count = 0.5, 20, 6
     rng = random.Random(7)
     kinds = [("gaussian", 6.0, ""), ("under", 0.15, ""), ("over", 3.0, ""), ("haze", 0.7, ""),
              ("noise", 24.0, ""), ("blocks", 6.0, ""), ("black", 0.0, "dim")]
