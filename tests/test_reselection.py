@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ def test_blurry_then_sharp_then_silence_ends_on_the_sharp_frame(
     waited = (cover.created_at - installed).total_seconds()
     assert INTERVAL <= waited < INTERVAL + POLL + 2.0, waited
     row = database.frame("quiet", "/quiet/sharp.jpg")
-    assert row is not None and (row.selection or "").startswith("became the cover: score"), row.selection
+    assert row is not None
+    assert (row.selection or "").startswith("became the cover: score"), row.selection
 
 
 def test_a_held_back_frame_survives_its_worker_being_killed(
@@ -162,12 +164,10 @@ def test_streams_at_css_pace_end_on_their_clean_frames(
             for stream, frames in plan.items():
                 name, image = frames[i]
                 send(service, cos, stream, f"/{stream}/{i}-{name}.jpg", image, create_time=int(started) + i)
-        clean = {}
-        for stream in plan:
-            row = eventually(lambda s=stream: next(
-                (f for f in [database.frame(s, p) for p in [f"/{s}/{i}-clean.jpg" for i in range(count)]] if f), None
-            ))
-            clean[stream] = row.id
+        clean: dict[str, int | None] = {}
+        for stream, frames in plan.items():
+            path = f"/{stream}/{[name for name, _ in frames].index('clean')}-clean.jpg"
+            clean[stream] = eventually(partial(database.frame, stream, path)).id
 
         def on_clean() -> bool:
             return database.cover_frames() == clean
