@@ -510,7 +510,7 @@ def selection_inputs(session: Session, stream_id: str, *, since: datetime) -> Se
     cover_id, created_at, live, live_changed_at, reselect_at, frame_id, score, captured_at, installed_at, blocked = row
     current = None
     if frame_id is not None and score is not None and captured_at is not None:
-        current = CurrentCover(frame_id, score, captured_at, installed_at, bool(blocked))
+        current = CurrentCover(frame_id, score, captured_at, bool(blocked), installed_at=installed_at)
     view = StreamView(candidates, current, first_seen_at=created_at, live=live, live_changed_at=live_changed_at)
     return SelectionInputs(view, since, cover_id, reselect_at)
 

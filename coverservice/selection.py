@@ -62,7 +62,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -80,14 +80,11 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class CurrentCover:
-    """The stream's automatic cover, when it shows a frame."""
+class CurrentCover(Candidate):
+    """The stream's automatic cover, when it shows a frame: the frame, and when it was
+    installed (the minimum interval and the provisional period count from then)."""
 
-    frame_id: int
-    score: float
-    captured_at: datetime
-    installed_at: datetime
-    blocked: bool = False
+    installed_at: datetime = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -233,7 +230,7 @@ def freshness_factor(age: timedelta, *, freshness: timedelta, half_life: timedel
 # --- internals ------------------------------------------------------------------------------
 
 
-def _value(c: Candidate | CurrentCover, now: datetime, policy: Policy) -> float:
+def _value(c: Candidate, now: datetime, policy: Policy) -> float:
     return c.score * freshness_factor(now - c.captured_at, freshness=policy.freshness, half_life=policy.half_life)
 
 
