@@ -132,10 +132,12 @@ def test_block_artefacts_are_measured_and_cost_score(size: tuple[int, int]) -> N
     assert scoring.BLOCK_FREE < blocky[0].blockiness
     assert clean.score > blocky[0].score > blocky[1].score
     assert blocky[1].reason.endswith(", blocky")
-    # The block edges pass for detail: only blockiness tells these frames apart.
+    # The block edges pass for detail: only blockiness tells these frames apart. (This
+    # scene's darkest percent sits near BLACK_LIFT, and flattening blocks moves it by a
+    # few levels: a few percent of exposure either way.)
     for result in blocky:
         assert result.sharpness == pytest.approx(clean.sharpness, abs=0.03)
-        assert result.exposure == pytest.approx(clean.exposure, abs=0.03)
+        assert result.exposure == pytest.approx(clean.exposure, abs=0.06)
 
 
 def blocks_of(block: int, *, seed: int = 0) -> npt.NDArray[np.uint8]:
@@ -286,7 +288,7 @@ def test_clipping_costs_exposure_at_equal_brightness() -> None:
         return luma
 
     clipped = score(frame(1, 255))
-    held = score(frame(40, 216))
+    held = score(frame(30, 226))
     assert clipped.brightness == held.brightness == 128.0
     assert clipped.dark_clip == clipped.bright_clip == pytest.approx(0.2)
     assert clipped.exposure < 0.7 * held.exposure
@@ -399,18 +401,21 @@ def test_scores_stay_in_range(name: str) -> None:
     assert result.reason
 
 
-def test_metrics_hold_every_measure_as_json_floats() -> None:
+def test_metrics_hold_every_measure_as_json_floats_and_the_stage() -> None:
     result = scores_of(scene(640, 360))
     metrics = result.metrics()
     assert set(metrics) == {
-        "score", "sharpness", "exposure", "noise_factor", "block_factor", "brightness",
+        "stage", "score", "draft_score", "sharpness", "exposure", "noise_factor", "block_factor", "brightness",
         "contrast", "black_level", "white_level", "dark_clip", "bright_clip", "noise",
         "blockiness", "flat_area",
     }
+    assert metrics.pop("stage") == "draft"
     assert all(type(v) is float for v in metrics.values())
     assert metrics["score"] == result.score
     assert json.loads(json.dumps(metrics)) == metrics
-    assert all(type(v) is float for v in scores_of(black(640, 360)).metrics().values())
+    rejected = scores_of(black(640, 360)).metrics()
+    assert rejected.pop("stage") == "draft"
+    assert all(type(v) is float for v in rejected.values())
 
 
 @pytest.mark.parametrize(
@@ -478,7 +483,7 @@ def test_score_command_explains_each_file_and_picks_one(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
     assert lines[0].startswith(f"{paths[0]}: score ") and "sharpness" in lines[1]
-    assert any(line.startswith(f"{paths[2]}: score 0.000, rejected: test card") for line in lines)
+    assert any(line.startswith(f"{paths[2]}: score 0.000 (draft), rejected: test card") for line in lines)
     assert f"{paths[3]}: rejected: not an image" in out.output
     assert lines[-1] == f"would pick: {paths[1]}"
 
