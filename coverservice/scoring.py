@@ -75,11 +75,16 @@ SHARPNESS_HALF = 0.5
 CONTENDER_SHARE = 0.7
 CONTENDER_LIMIT = 3
 DETAIL_OCTAVES = (2, 3, 4)  # the finest octave is weighed against the picture this far up
-DETAIL_WEAKEST = 0.5  # the weakest direction's share of the sharpness figure (motion blur)
+DETAIL_WEAKEST = 0.7  # the weakest direction's share of the sharpness figure (motion blur)
 DETAIL_HALF = 0.3  # octaves of detail per octave (see score_detail) that score 0.5
 DETAIL_NOISE_FREE = 0.5  # noise σ at the detail decode that costs nothing (clean: ≤ 0.35)
 DETAIL_NOISE_SCALE = 2.0  # σ beyond it that halves the noise factor
-STREAK_NAMED = 0.5  # a frame that is not sharp and this one-directional: "motion blur"
+# Reasons at the detail stage, by fine_detail: "sharp" from DETAIL_SHARP, "soft" from
+# DETAIL_SOFT, "blurry" below; "motion blur" when not sharp and the weakest direction has
+# lost this much more than the average (streak; isotropic blur of real pictures: ≤ 0.35).
+DETAIL_SHARP = 0.6
+DETAIL_SOFT = 0.35
+STREAK_NAMED = 0.38
 
 DARK_LEVEL = 5  # luma at or below: crushed to black (dark_clip)
 BRIGHT_LEVEL = 250  # luma at or above: blown to white (bright_clip)
@@ -469,12 +474,10 @@ def _describe(
     bright_clip: float,
     noise_factor: float,
     blockiness: float,
-    streak: float = 0.0,
+    focus: str | None = None,
 ) -> str:
-    focus = "sharp" if sharpness >= 0.5 else "soft" if sharpness >= 0.3 else "blurry"
-    # Detail lost along one direction only: the camera or the subject moved.
-    if focus != "sharp" and streak >= STREAK_NAMED:
-        focus = "motion blur"
+    if focus is None:
+        focus = "sharp" if sharpness >= 0.5 else "soft" if sharpness >= 0.3 else "blurry"
     # Named only when the exposure factor shows it: a frame just under WHITE_REACH loses a
     # percent or two and looks fine, and the reason must not say otherwise.
     if white_level < DIM_NAMED * WHITE_REACH or brightness < 60:
@@ -582,7 +585,8 @@ def score_detail(draft: Scores, detail: Detail) -> Scores:
         fine_detail=fine_detail, fine_detail_weakest=weakest, streak=streak,
         detail_noise=noise,
         reason=_describe(sharpness, draft.brightness, draft.black_level, draft.white_level,
-                         draft.bright_clip, noise_factor, draft.blockiness, streak),
+                         draft.bright_clip, noise_factor, draft.blockiness,
+                         _detail_focus(fine_detail, streak)),
     )
 
 
@@ -596,6 +600,46 @@ def _along(tensor: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Gradient energy along each of 8 directions, from a structure tensor."""
     energies: npt.NDArray[np.float64] = tensor @ _ALONG
     return energies
+
+
+def _detail_focus(fine_detail: float, streak: float) -> str:
+    if fine_detail >= DETAIL_SHARP:
+        return "sharp"
+    # Detail lost along one direction more than the others: the camera or subject moved.
+    if streak >= STREAK_NAMED:
+        return "motion blur"
+    return "soft" if fine_detail >= DETAIL_SOFT else "blurry"
+
+
+def why_lower(loser: Scores, winner: Scores) -> str:
+    """What a person would name first for why ``loser`` scores below ``winner`` (two
+    frames of one stream, scored at the same stage): the factor that costs it most.
+    "motion blur", "softer", "darker", "overexposed", "washed out", "noisier",
+    "blockier", or the loser's rejection reason."""
+    if loser.rejected:
+        return loser.reason
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else 1.0
+    costs = {
+        "softer": ratio(loser.sharpness, winner.sharpness),
+        "exposure": ratio(loser.exposure, winner.exposure),
+        "noisier": ratio(_stage_noise_factor(loser), _stage_noise_factor(winner)),
+        "blockier": ratio(loser.block_factor, winner.block_factor),
+    }
+    worst = min(costs, key=lambda k: costs[k])
+    if worst == "softer":
+        return "motion blur" if loser.streak >= STREAK_NAMED else "softer"
+    if worst == "exposure":
+        if loser.white_level < winner.white_level and loser.brightness < winner.brightness:
+            return "darker"
+        if loser.black_level > winner.black_level + 10:
+            return "washed out"
+        return "overexposed" if loser.bright_clip > winner.bright_clip else "darker"
+    return worst
+
+
+def _stage_noise_factor(scores: Scores) -> float:
+    return scores.detail_noise_factor if scores.stage == "detail" else scores.noise_factor
 
 
 def _detail_noise_factor(noise: float) -> float:
