@@ -184,12 +184,14 @@ def decode_luma(data: bytes, *, max_pixels: int) -> scoring.Decoded:
 
 
 def decode_detail(data: bytes, *, max_pixels: int) -> scoring.Detail:
-    """The image's luma at the detail the large cover shows, for ``scoring.score_detail``:
-    a JPEG DCT-scaled by 1/2 or more only while the decode still covers ``SIZES["large"]``
-    (a 1920×1080 or smaller frame decodes whole, a 4K one at 1/2), other formats whole,
-    box-reduced by a whole factor when more than twice the large cover each way.
+    """The image's luma at the detail the large cover shows, for ``scoring.score_detail``.
 
-    Meant for the few frames that could become the cover, while their bytes are in hand.
+    Shrunk by the largest power of two (at most 1/8) that still leaves at least the large
+    cover's width and height (``SIZES["large"]``; a portrait frame, cropped to a 16:9 band
+    for the cover, needs only the width): a 1920×1080 or smaller frame decodes whole, a
+    4K one at 1/2. JPEGs shrink inside the IDCT (``draft``), other formats by a box
+    reduce. Meant for the few frames that could become the cover, while their bytes are
+    still in hand: a full decode costs several times the draft's.
     """
     im = open_image(data, max_pixels=max_pixels)
     width, height = im.size
