@@ -353,13 +353,7 @@ def _noise_not_texture(fine: float, luma: Luma) -> float:
     # Sums of 2×2 blocks (4× the means, ≤ 1020: the operator's 16× fits int16).
     sums = np.add(luma[:h:2, :w], luma[1:h:2, :w], dtype=np.int16)
     sums = sums[:, 0::2] + sums[:, 1::2]
-    dxx = sums[:, :-2] + sums[:, 2:]
-    dxx -= sums[:, 1:-1]
-    dxx -= sums[:, 1:-1]
-    residual = dxx[:-2] + dxx[2:]
-    residual -= dxx[1:-1]
-    residual -= dxx[1:-1]
-    coarse = _noise(residual) / 4
+    coarse = _noise(_immerkaer(sums)) / 4
     return math.sqrt(max(0.0, fine * fine - coarse * coarse) * 4 / 3)
 
 
@@ -667,10 +661,16 @@ def octave_tensors(luma: Luma, levels: int) -> list[npt.NDArray[np.float64]]:
 
 def detail_noise(luma: Luma) -> float:
     """Noise σ of a detail decode, as ``score_luma`` estimates it (Immerkær, quiet tiles)."""
-    dxx = np.add(luma[:, :-2], luma[:, 2:], dtype=np.int16)
-    dxx -= luma[:, 1:-1]
-    dxx -= luma[:, 1:-1]
+    return _noise(_immerkaer(luma.astype(np.int16)))
+
+
+def _immerkaer(image: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """Immerkær's noise operator (the second difference across of the one along) on every
+    row and column of ``image``: |values| up to 16× the input's range must fit int16."""
+    dxx = image[:, :-2] + image[:, 2:]
+    dxx -= image[:, 1:-1]
+    dxx -= image[:, 1:-1]
     residual = dxx[:-2] + dxx[2:]
     residual -= dxx[1:-1]
     residual -= dxx[1:-1]
-    return _noise(residual)
+    return residual
