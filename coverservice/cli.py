@@ -149,8 +149,9 @@ def bench(duration: float | None, concurrency: int | None, frames: int | None,
               show_default=True, type=click.IntRange(1), help="Decode cap, as COVERSERVICE_MAX_IMAGE_PIXELS.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, then the pick.")
 def score(files: tuple[str, ...], max_pixels: int, as_json: bool) -> None:
-    """Score screenshots as the worker does: each file's metrics, score and verdict, and
-    the one selection would pick as a stream's cover."""
+    """Score screenshots as the worker does: each file's draft metrics, score and verdict,
+    the detail stage on the contenders (the best drafts), and the one selection would pick
+    as a stream's cover (the best detail score among the contenders)."""
     import json
     from datetime import UTC, datetime
     from pathlib import Path
@@ -160,26 +161,41 @@ def score(files: tuple[str, ...], max_pixels: int, as_json: bool) -> None:
     from .selection import Candidate, best_of
 
     now = datetime.now(UTC)
-    candidates = []
+    results: dict[int, scoring.Scores] = {}
+    contents: dict[int, bytes] = {}
+    refused: dict[int, str] = {}
     for index, name in enumerate(files):
+        data = Path(name).read_bytes()
         try:
-            result = scoring.score_luma(imaging.decode_luma(Path(name).read_bytes(), max_pixels=max_pixels))
+            results[index] = scoring.score_luma(imaging.decode_luma(data, max_pixels=max_pixels))
+            contents[index] = data
         except ImageRejected as exc:
-            click.echo(json.dumps({"file": name, "rejected": True, "reason": str(exc)}) if as_json
-                       else f"{name}: rejected: {exc}")
+            refused[index] = str(exc)
+    usable = [i for i, r in results.items() if not r.rejected]
+    for j in scoring.contenders([results[i].score for i in usable],
+                                [results[i].noise_factor for i in usable]):
+        index = usable[j]
+        detail = imaging.decode_detail(contents[index], max_pixels=max_pixels)
+        results[index] = scoring.score_detail(results[index], detail)
+    for index, name in enumerate(files):
+        if index in refused:
+            click.echo(json.dumps({"file": name, "rejected": True, "reason": refused[index]}) if as_json
+                       else f"{name}: rejected: {refused[index]}")
             continue
-        if not result.rejected:
-            candidates.append(Candidate(index, result.score, now))
+        result = results[index]
         if as_json:
             click.echo(json.dumps({"file": name, "rejected": result.rejected, "reason": result.reason,
                                    "metrics": result.metrics()}))
             continue
         verdict = f"rejected: {result.reason}" if result.rejected else result.reason
-        click.echo(f"{name}: score {result.score:.3f}, {verdict}")
+        click.echo(f"{name}: score {result.score:.3f} ({result.stage}), {verdict}")
         metrics = result.metrics()
-        del metrics["score"]
-        click.echo("  " + "  ".join(f"{key} {value:.3g}" for key, value in metrics.items()))
+        del metrics["score"], metrics["stage"]
+        click.echo("  " + "  ".join(f"{key} {value:.3g}" for key, value in metrics.items()
+                                    if isinstance(value, float)))
     # Screenshots of one moment: ties go to the later file, as selection prefers newer frames.
+    # Detail scores compare with detail scores only: the pick is among the contenders.
+    candidates = [Candidate(i, r.score, now) for i, r in results.items() if r.stage == "detail"]
     best = best_of(candidates, now=now)
     pick = None if best is None else files[best]
     if as_json:
@@ -234,15 +250,22 @@ def demo(url: str | None, key: str, admin_token: str, directory: pathlib.Path | 
 
 
 @main.command("bench-quality")
-@click.option("--tiny", is_flag=True, help="Synthetic scenes, one window each: checks the benchmark, not the scorer.")
-@click.option("--scenes", help="Comma-separated scenes (default: every photograph and synthetic scene).")
-@click.option("--windows", type=click.IntRange(1), help="Windows per scene and size (default 8).")
-@click.option("--no-speed", is_flag=True, help="Skip the speed measurement.")
+@click.option("--tiny", is_flag=True, help="One tuning and one held-out synthetic scene, one window each: "
+              "checks the benchmark, not the scorer.")
+@click.option("--scenes", help="Comma-separated pictures (default: every one, tuning and held-out).")
+@click.option("--sizes", help="Comma-separated frame sizes, e.g. 1280x720,360x640 (default: all five).")
+@click.option("--windows", type=click.IntRange(1), help="Windows per picture and size (default 8).")
+@click.option("--photos", type=click.Path(file_okay=False, path_type=pathlib.Path),
+              help="The shared development photos (default: ../shared/quality-photos beside the repository).")
+@click.option("--no-ladders", is_flag=True, help="Skip the graded-severity ladders.")
+@click.option("--no-speed", is_flag=True, help="Skip the cost measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead of tables.")
-def bench_quality(tiny: bool, scenes: str | None, windows: int | None, no_speed: bool, as_json: bool) -> None:
-    """Does the scorer pick the frame a person would pick? Clean frames against degraded
-    ones from real photographs, beside a variance-of-Laplacian baseline, and the speed of
-    bytes → scores against Pillow's draft decode. Needs the bench extra for photographs."""
+def bench_quality(tiny: bool, scenes: str | None, sizes: str | None, windows: int | None,
+                  photos: pathlib.Path | None, no_ladders: bool, no_speed: bool, as_json: bool) -> None:
+    """Does the scorer pick the frame a person would pick, on pictures it was not tuned on?
+    Windows, pairs and graded ladders from tuning and held-out pictures, per degradation
+    kind and frame size, beside a variance-of-Laplacian baseline; the draft stage's cost
+    against Pillow's draft decode and the detail stage's per contender."""
     import json
     import time
     from dataclasses import replace
@@ -251,9 +274,21 @@ def bench_quality(tiny: bool, scenes: str | None, windows: int | None, no_speed:
 
     config = quality_bench.TINY if tiny else quality_bench.Config()
     if scenes:
-        config = replace(config, scenes=tuple(s.strip() for s in scenes.split(",") if s.strip()))
+        config = replace(config, pictures=tuple(s.strip() for s in scenes.split(",") if s.strip()))
+    if sizes:
+        try:
+            parsed = tuple(
+                (int(w), int(h)) for w, h in (item.strip().lower().split("x") for item in sizes.split(","))
+            )
+        except ValueError:
+            raise click.BadParameter("sizes are WIDTHxHEIGHT, comma-separated", param_hint="--sizes") from None
+        config = replace(config, sizes=parsed)
     if windows is not None:
         config = replace(config, windows=windows)
+    if photos is not None:
+        config = replace(config, photos=photos)
+    if no_ladders:
+        config = replace(config, ladders=False)
     if no_speed:
         config = replace(config, speed_frames=0)
     started = time.monotonic()

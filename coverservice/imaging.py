@@ -183,6 +183,37 @@ def decode_luma(data: bytes, *, max_pixels: int) -> scoring.Decoded:
     return scoring.Decoded(luma=np.asarray(small, dtype=np.uint8), coded=coded, block=block)
 
 
+def decode_detail(data: bytes, *, max_pixels: int) -> scoring.Detail:
+    """The image's luma at the detail the large cover shows, for ``scoring.score_detail``.
+
+    Shrunk by the largest power of two (at most 1/8) that still leaves at least the large
+    cover's width and height (``SIZES["large"]``; a portrait frame, cropped to a 16:9 band
+    for the cover, needs only the width): a 1920×1080 or smaller frame decodes whole, a
+    4K one at 1/2. JPEGs shrink inside the IDCT (``draft``), other formats by a box
+    reduce. Meant for the few frames that could become the cover, while their bytes are
+    still in hand: a full decode costs several times the draft's.
+    """
+    im = open_image(data, max_pixels=max_pixels)
+    width, height = im.size
+    large = SIZES["large"]
+    # Portrait frames are cropped to a 16:9 band for the cover: what must be covered is
+    # their width, against the cover's width (a 360×640 frame decodes whole).
+    need = large[0] / width if width < height else max(large[0] / width, large[1] / height)
+    shrink = 1  # 1, 2, 4 or 8: the most the decode may shrink and still cover the cover
+    while shrink < 8 and need * shrink * 2 <= 1:
+        shrink *= 2
+    with decoding(im.format or "image"):
+        if im.format == "JPEG" and shrink > 1:
+            im.draft("L", (math.ceil(width / shrink), math.ceil(height / shrink)))
+        im.load()
+        picture = _flattened(im)
+        if picture.mode != "L":
+            picture = picture.convert("L")
+    if picture.width > math.ceil(width / shrink):  # not DCT-scaled: reduce it to the same
+        picture = picture.reduce(shrink)
+    return scoring.Detail(luma=np.asarray(picture, dtype=np.uint8), scale=picture.width / width)
+
+
 def render_renditions(
     data: bytes,
     *,

@@ -59,7 +59,8 @@ every fourth row saved less than the timing's noise: measured, not taken.)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -69,14 +70,30 @@ import numpy.typing as npt
 # in-focus photos 0.5–0.9, visibly blurred ones 0.05–0.3, fine texture up to 2.4.
 SHARPNESS_HALF = 0.5
 
+# The detail stage (score_detail). Contenders: the CONTENDER_LIMIT best draft scores, as
+# far as they reach CONTENDER_SHARE of the best.
+CONTENDER_SHARE = 0.7
+CONTENDER_LIMIT = 3
+DETAIL_OCTAVES = (2, 3, 4)  # the finest octave is weighed against the picture this far up
+DETAIL_WEAKEST = 0.7  # the weakest direction's share of the sharpness figure (motion blur)
+DETAIL_HALF = 0.3  # octaves of detail per octave (see score_detail) that score 0.5
+DETAIL_NOISE_FREE = 0.5  # noise σ at the detail decode that costs nothing (clean: ≤ 0.35)
+DETAIL_NOISE_SCALE = 2.0  # σ beyond it that halves the noise factor
+# Reasons at the detail stage, by fine_detail: "sharp" from DETAIL_SHARP, "soft" from
+# DETAIL_SOFT, "blurry" below; "motion blur" when not sharp and the weakest direction has
+# lost this much more than the average (streak; isotropic blur of real pictures: ≤ 0.35).
+DETAIL_SHARP = 0.6
+DETAIL_SOFT = 0.35
+STREAK_NAMED = 0.38
+
 DARK_LEVEL = 5  # luma at or below: crushed to black (dark_clip)
 BRIGHT_LEVEL = 250  # luma at or above: blown to white (bright_clip)
 DARK_CLIP_COST = 0.5  # exposure lost per unit of crushed fraction (black areas are common)
 BRIGHT_CLIP_COST = 2.0  # ...and of blown fraction (blown areas are what people notice)
 WHITE_REACH = 160.0  # a white_level below this marks the frame down: it looks dim
 DIM_NAMED = 0.9  # ...and the reason calls it dark below this fraction of WHITE_REACH
-BLACK_LIFT = 40.0  # a black_level above this marks the frame down: it looks washed out...
-BLACK_SPAN = 200.0  # ...to nothing at BLACK_LIFT + BLACK_SPAN
+BLACK_LIFT = 30.0  # a black_level above this marks the frame down: it looks washed out...
+BLACK_SPAN = 150.0  # ...to nothing at BLACK_LIFT + BLACK_SPAN
 
 NOISE_FREE = 1.0  # noise σ (luma levels at the analysis scale) that costs nothing
 NOISE_SCALE = 1.0  # σ beyond NOISE_FREE that halves the noise factor
@@ -130,6 +147,14 @@ class Decoded:
 
 
 @dataclass(frozen=True)
+class Detail:
+    """A contender's luma at the detail the large cover shows (``imaging.decode_detail``)."""
+
+    luma: Luma  # 2-D uint8, at least 32×32 for a figure (smaller: the draft stands)
+    scale: float  # decoded pixels per source pixel: 1, 1/2, 1/4 or 1/8
+
+
+@dataclass(frozen=True)
 class Scores:
     score: float  # combined, 0..1, higher is better; 0 when rejected
     sharpness: float  # 0..1, noise-corrected
@@ -145,19 +170,40 @@ class Scores:
     flat_area: float  # share of neighbouring pixels that differ by at most one level
     rejected: bool
     reason: str  # what a person reads: "sharp, well exposed", "black frame (mean luma 3.1)"
+    # Which stage measured the sharpness (and so the score): "draft" (score_luma, every
+    # frame) or "detail" (score_detail, contenders). Scores compare only within a stage.
+    stage: str = "draft"
+    # The draft's score (the same as score in a draft): what contenders() ranks by.
+    draft_score: float | None = None
+    # The detail stage's figures (0 in a draft): the finest octave's share of detail along
+    # its weakest direction and on average (see score_detail), and how one-directional the
+    # loss of detail is, 0..1 (motion blur is high).
+    fine_detail: float = 0.0
+    fine_detail_weakest: float = 0.0
+    streak: float = 0.0
+    detail_noise: float = 0.0  # noise σ at the detail decode
 
     @property
     def noise_factor(self) -> float:
+        """The draft's noise factor (from ``noise``, at the analysis scale)."""
         return _noise_factor(self.noise)
+
+    @property
+    def detail_noise_factor(self) -> float:
+        """The detail stage's noise factor (from ``detail_noise``), which its score uses."""
+        return _detail_noise_factor(self.detail_noise) if self.stage == "detail" else 1.0
 
     @property
     def block_factor(self) -> float:
         return _block_factor(self.blockiness)
 
-    def metrics(self) -> dict[str, float]:
-        """Every numeric measure by name, for storing beside the frame as JSON."""
-        return {
+    def metrics(self) -> dict[str, float | str]:
+        """Every measure by name, for storing beside the frame as JSON: numbers, and
+        ``stage`` ("draft" or "detail"), which says what ``score`` may be compared with."""
+        measures: dict[str, float | str] = {
+            "stage": self.stage,
             "score": self.score,
+            "draft_score": self.score if self.draft_score is None else self.draft_score,
             "sharpness": self.sharpness,
             "exposure": self.exposure,
             "noise_factor": self.noise_factor,
@@ -172,6 +218,15 @@ class Scores:
             "blockiness": self.blockiness,
             "flat_area": self.flat_area,
         }
+        if self.stage == "detail":
+            measures.update(
+                fine_detail=self.fine_detail,
+                fine_detail_weakest=self.fine_detail_weakest,
+                streak=self.streak,
+                detail_noise=self.detail_noise,
+                detail_noise_factor=self.detail_noise_factor,
+            )
+        return measures
 
 
 def score_luma(decoded: Decoded) -> Scores:
@@ -232,7 +287,7 @@ def score_luma(decoded: Decoded) -> Scores:
     # Mean square, not variance: a Laplacian sums differences, its mean is ~0.
     flat = laplacian.astype(np.float32).ravel()
     energy = float(np.dot(flat, flat)) / flat.size
-    noise = _noise(residual)
+    noise = _noise_not_texture(_noise(residual), luma)
     # White noise of σ puts 20 σ² into the Laplacian (4² + 4 × 1²): that is not detail.
     detail = math.sqrt(max(energy - 20.0 * noise * noise, 0.0)) / contrast
     sharpness = detail / (detail + SHARPNESS_HALF)
@@ -253,7 +308,7 @@ def score_luma(decoded: Decoded) -> Scores:
         dark_clip=dark_clip, bright_clip=bright_clip, noise=noise, blockiness=blockiness,
         flat_area=flat_area, rejected=False,
         reason=_describe(sharpness, brightness, black_level, white_level, bright_clip,
-                         noise, blockiness),
+                         _noise_factor(noise), blockiness),
     )
 
 
@@ -279,6 +334,27 @@ def _within(
     difference = a - b
     difference += levels
     return difference <= 2 * levels
+
+
+def _noise_not_texture(fine: float, luma: Luma) -> float:
+    """The share of ``fine`` (the residual's σ at the analysis scale) that is noise.
+
+    A frame shrunk 2× (2×2 means) halves its noise's σ, but not fine texture's (fur,
+    gravel, a circuit board: their residual at the coarser scale is as strong or
+    stronger). With fine² = n² + t² and coarse² = n²/4 + t², the noise is
+    n = √(4/3 (fine² - coarse²)). Only worked out when ``fine`` would cost score (above
+    NOISE_FREE): most frames are spared the ~0.1 ms it takes.
+    """
+    if fine <= NOISE_FREE:
+        return fine
+    h, w = luma.shape[0] // 2 * 2, luma.shape[1] // 2 * 2
+    if h < 4 * _NOISE_TILE or w < 4 * _NOISE_TILE:  # too few coarse tiles to choose from
+        return fine
+    # Sums of 2×2 blocks (4× the means, ≤ 1020: the operator's 16× fits int16).
+    sums = np.add(luma[:h:2, :w], luma[1:h:2, :w], dtype=np.int16)
+    sums = sums[:, 0::2] + sums[:, 1::2]
+    coarse = _noise(_immerkaer(sums)) / 4
+    return math.sqrt(max(0.0, fine * fine - coarse * coarse) * 4 / 3)
 
 
 def _noise(residual: npt.NDArray[np.int16]) -> float:
@@ -390,10 +466,12 @@ def _describe(
     black_level: float,
     white_level: float,
     bright_clip: float,
-    noise: float,
+    noise_factor: float,
     blockiness: float,
+    focus: str | None = None,
 ) -> str:
-    focus = "sharp" if sharpness >= 0.5 else "soft" if sharpness >= 0.3 else "blurry"
+    if focus is None:
+        focus = "sharp" if sharpness >= 0.5 else "soft" if sharpness >= 0.3 else "blurry"
     # Named only when the exposure factor shows it: a frame just under WHITE_REACH loses a
     # percent or two and looks fine, and the reason must not say otherwise.
     if white_level < DIM_NAMED * WHITE_REACH or brightness < 60:
@@ -405,8 +483,194 @@ def _describe(
     else:
         light = "well exposed"
     flaws = []
-    if _noise_factor(noise) < 0.8:
+    if noise_factor < 0.8:
         flaws.append("noisy")
     if _block_factor(blockiness) < 0.8:
         flaws.append("blocky")
     return ", ".join([focus, light, *flaws])
+
+
+# --- the detail stage --------------------------------------------------------------------
+
+
+def contenders(
+    scores: Sequence[float],
+    noise_factors: Sequence[float],
+    *,
+    share: float = CONTENDER_SHARE,
+    limit: int = CONTENDER_LIMIT,
+) -> list[int]:
+    """Which frames deserve the detail stage, from their draft figures (``draft_score``
+    and ``noise_factor`` of ``Scores.metrics()``, present at either stage; frames that
+    were not rejected): the ``limit - 1`` best draft scores, and the best of the rest once
+    the noise factor is taken out, each only as far as it reaches ``share`` of the best.
+
+    The second kind of seat is there because at the draft's scale fine texture (a
+    circuit board, fur, gravel) can pass for noise, and the draft marks such a frame down;
+    the detail stage reads noise where it can be told from texture. Indices, in the
+    order given.
+    """
+    if len(scores) != len(noise_factors):
+        raise ValueError("one noise factor per score")
+    if not scores or limit < 1:
+        return []
+    floor = share * max(scores)
+    ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
+    chosen = [i for i in ranked[: max(1, limit - 1)] if scores[i] >= floor]
+    if limit > 1:
+        denoised = [s / max(n, 1e-9) for s, n in zip(scores, noise_factors, strict=True)]
+        best = max(denoised)
+        rest = [i for i in range(len(scores)) if i not in chosen]
+        if rest:
+            pick = max(rest, key=lambda i: denoised[i])
+            if denoised[pick] >= share * best:
+                chosen.append(pick)
+    return sorted(chosen)
+
+
+def score_detail(draft: Scores, detail: Detail) -> Scores:
+    """The frame scored again at the detail the large cover shows, its draft in hand
+    (``score_luma`` of the same bytes). Returns ``Scores`` with ``stage == "detail"``: the
+    rejection, exposure and blockiness are the draft's, sharpness and noise are measured
+    again on ``detail.luma``, and ``score`` compares with other detail scores only.
+
+    Sharpness here is scale- and content-normalised: how much gradient energy the finest
+    octave holds against the picture 2, 3 and 4 octaves up (blur removes the finest band
+    first; a picture's own content moves every band), along the weakest of eight
+    directions and on average (motion blur removes detail along one direction only; an
+    average over directions would hide it). Noise is estimated first, on the same decode,
+    and its energy taken out of every band, so grain does not pass for detail.
+    """
+    if draft.rejected:
+        return draft
+    luma = detail.luma
+    if luma.ndim != 2 or luma.dtype != np.uint8:
+        raise ValueError(f"expected 2-D uint8 luma, got {luma.dtype} {luma.shape}")
+    coarsest = max(DETAIL_OCTAVES)
+    if min(luma.shape) < 8 << coarsest:
+        return replace(draft, stage="detail")  # too small to hold the octaves: as drafted
+    noise = detail_noise(luma)
+    tensors = octave_tensors(luma, coarsest + 1)
+    fine = tensors[0] - noise * noise * _NOISE_TENSOR
+    fine_along = _along(fine)
+    weakest_sum = average_sum = 0.0
+    for octave in DETAIL_OCTAVES:
+        # Box-halving k times divides white noise's σ by 2^k; a smooth picture's gradient
+        # per (coarser) pixel grows 2^k times, so ratios are taken against 4^k.
+        coarse = tensors[octave] - (noise / (1 << octave)) ** 2 * _NOISE_TENSOR
+        gain = float(4**octave)
+        along = fine_along * gain / np.maximum(_along(coarse), 1e-6)
+        mean = float(fine[0] + fine[1]) * gain / max(float(coarse[0] + coarse[1]), 1e-6)
+        weakest_sum += math.log(max(float(along.min()), 1.0)) / octave
+        average_sum += math.log(max(mean, 1.0)) / octave
+    weakest = weakest_sum / len(DETAIL_OCTAVES)
+    average = average_sum / len(DETAIL_OCTAVES)
+    # Octaves of detail per octave of scale, in log units: 0 when nothing is finer than
+    # the coarse picture, ~0.5–1 for a sharp photograph.
+    fine_detail = DETAIL_WEAKEST * weakest + (1 - DETAIL_WEAKEST) * average
+    sharpness = fine_detail / (fine_detail + DETAIL_HALF)
+    streak = 1.0 - weakest / average if average > 0 else 0.0
+    # Noise is read here, not in the draft: at the full decode noise added at the frame's
+    # size shows in the quiet areas, and the texture of an upscaled source does not.
+    noise_factor = _detail_noise_factor(noise)
+    score = sharpness * draft.exposure * noise_factor * draft.block_factor
+    return replace(
+        draft, score=score, sharpness=sharpness, stage="detail", draft_score=draft.score,
+        fine_detail=fine_detail, fine_detail_weakest=weakest, streak=streak,
+        detail_noise=noise,
+        reason=_describe(sharpness, draft.brightness, draft.black_level, draft.white_level,
+                         draft.bright_clip, noise_factor, draft.blockiness,
+                         _detail_focus(fine_detail, streak)),
+    )
+
+
+# [Jxx, Jyy, Jxy] of white noise of σ = 1 under forward differences from one pixel.
+_NOISE_TENSOR = np.array([2.0, 2.0, 1.0])
+_ANGLES = np.linspace(0.0, math.pi, 8, endpoint=False)
+_ALONG = np.stack((np.cos(_ANGLES) ** 2, np.sin(_ANGLES) ** 2, 2 * np.cos(_ANGLES) * np.sin(_ANGLES)))
+
+
+def _along(tensor: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Gradient energy along each of 8 directions, from a structure tensor."""
+    energies: npt.NDArray[np.float64] = tensor @ _ALONG
+    return energies
+
+
+def _detail_focus(fine_detail: float, streak: float) -> str:
+    if fine_detail >= DETAIL_SHARP:
+        return "sharp"
+    # Detail lost along one direction more than the others: the camera or subject moved.
+    if streak >= STREAK_NAMED:
+        return "motion blur"
+    return "soft" if fine_detail >= DETAIL_SOFT else "blurry"
+
+
+def why_lower(loser: Scores, winner: Scores) -> str:
+    """What a person would name first for why ``loser`` scores below ``winner`` (two
+    frames of one stream, scored at the same stage): the factor that costs it most.
+    "motion blur", "softer", "darker", "overexposed", "washed out", "noisier",
+    "blockier", or the loser's rejection reason."""
+    if loser.rejected:
+        return loser.reason
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else 1.0
+    costs = {
+        "softer": ratio(loser.sharpness, winner.sharpness),
+        "exposure": ratio(loser.exposure, winner.exposure),
+        "noisier": ratio(_stage_noise_factor(loser), _stage_noise_factor(winner)),
+        "blockier": ratio(loser.block_factor, winner.block_factor),
+    }
+    worst = min(costs, key=lambda k: costs[k])
+    if worst == "softer":
+        return "motion blur" if loser.streak >= STREAK_NAMED else "softer"
+    if worst == "exposure":
+        if loser.white_level < winner.white_level and loser.brightness < winner.brightness:
+            return "darker"
+        if loser.black_level > winner.black_level + 10:
+            return "washed out"
+        return "overexposed" if loser.bright_clip > winner.bright_clip else "darker"
+    return worst
+
+
+def _stage_noise_factor(scores: Scores) -> float:
+    return scores.detail_noise_factor if scores.stage == "detail" else scores.noise_factor
+
+
+def _detail_noise_factor(noise: float) -> float:
+    excess = max(0.0, noise - DETAIL_NOISE_FREE) / DETAIL_NOISE_SCALE
+    return 1.0 / (1.0 + excess * excess)
+
+
+def octave_tensors(luma: Luma, levels: int) -> list[npt.NDArray[np.float64]]:
+    """The gradient structure tensor [Jxx, Jyy, Jxy] (means over the picture) of ``luma``
+    and of each 2×2 box-halving of it, finest first."""
+    image = luma.astype(np.float32)
+    tensors = []
+    for _ in range(levels):
+        gx = image[:-1, 1:] - image[:-1, :-1]
+        gy = image[1:, :-1] - image[:-1, :-1]
+        n = gx.size
+        tensors.append(np.array([
+            float(np.vdot(gx, gx)) / n, float(np.vdot(gy, gy)) / n, float(np.vdot(gx, gy)) / n,
+        ]))
+        h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+        image = image[:h:2, :w] + image[1:h:2, :w]
+        image = (image[:, 0::2] + image[:, 1::2]) * 0.25
+    return tensors
+
+
+def detail_noise(luma: Luma) -> float:
+    """Noise σ of a detail decode, as ``score_luma`` estimates it (Immerkær, quiet tiles)."""
+    return _noise(_immerkaer(luma.astype(np.int16)))
+
+
+def _immerkaer(image: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """Immerkær's noise operator (the second difference across of the one along) on every
+    row and column of ``image``: |values| up to 16× the input's range must fit int16."""
+    dxx = image[:, :-2] + image[:, 2:]
+    dxx -= image[:, 1:-1]
+    dxx -= image[:, 1:-1]
+    residual = dxx[:-2] + dxx[2:]
+    residual -= dxx[1:-1]
+    residual -= dxx[1:-1]
+    return residual

@@ -362,3 +362,45 @@ def test_renditions_refuse_what_decoding_refuses() -> None:
         imaging.render_renditions(png_header(5000, 5000), max_pixels=CAP)
     with pytest.raises(ImageRejected, match="not allowed"):
         imaging.render_renditions(encode(flat(64, 36), "GIF"), max_pixels=CAP)
+
+
+# --- decode_detail -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt", "shape", "scale"),
+    [
+        ((1280, 720), "JPEG", (720, 1280), 1.0),
+        ((1920, 1080), "JPEG", (1080, 1920), 1.0),  # 1/2 would be narrower than the cover
+        ((3840, 2160), "JPEG", (1080, 1920), 0.5),
+        ((640, 360), "JPEG", (360, 640), 1.0),
+        ((360, 640), "JPEG", (640, 360), 1.0),
+        ((2560, 1440), "PNG", (720, 1280), 0.5),  # not DCT-scaled: box-reduced alike
+        ((1280, 720), "WEBP", (720, 1280), 1.0),
+    ],
+)
+def test_decode_detail_keeps_the_detail_of_the_large_cover(
+    size: tuple[int, int], fmt: str, shape: tuple[int, int], scale: float
+) -> None:
+    detail = imaging.decode_detail(encode(flat(*size, 90), fmt), max_pixels=CAP)
+    assert detail.luma.shape == shape and detail.luma.dtype == np.uint8
+    assert detail.scale == scale
+    assert abs(int(detail.luma.mean()) - 90) <= 2
+
+
+def test_decode_detail_is_the_same_picture_as_decode_luma() -> None:
+    data = scene_jpeg(1280, 720)
+    detail = imaging.decode_detail(data, max_pixels=CAP)
+    draft = imaging.decode_luma(data, max_pixels=CAP)
+    shrunk = Image.fromarray(detail.luma).reduce(4)
+    assert np.abs(np.asarray(shrunk, dtype=np.int16) - draft.luma.astype(np.int16)).mean() < 3
+
+
+def test_decode_detail_refuses_what_decode_luma_refuses() -> None:
+    data = scene_jpeg(640, 360)
+    with pytest.raises(ImageRejected, match="over the"):
+        imaging.decode_detail(data, max_pixels=640 * 360 - 1)
+    with pytest.raises(ImageRejected, match="truncated"):
+        imaging.decode_detail(data[: len(data) // 2], max_pixels=CAP)
+    with pytest.raises(ImageRejected, match="not an image"):
+        imaging.decode_detail(b"<html>", max_pixels=CAP)

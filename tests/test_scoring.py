@@ -132,10 +132,12 @@ def test_block_artefacts_are_measured_and_cost_score(size: tuple[int, int]) -> N
     assert scoring.BLOCK_FREE < blocky[0].blockiness
     assert clean.score > blocky[0].score > blocky[1].score
     assert blocky[1].reason.endswith(", blocky")
-    # The block edges pass for detail: only blockiness tells these frames apart.
+    # The block edges pass for detail: only blockiness tells these frames apart. (This
+    # scene's darkest percent sits near BLACK_LIFT, and flattening blocks moves it by a
+    # few levels: a few percent of exposure either way.)
     for result in blocky:
         assert result.sharpness == pytest.approx(clean.sharpness, abs=0.03)
-        assert result.exposure == pytest.approx(clean.exposure, abs=0.03)
+        assert result.exposure == pytest.approx(clean.exposure, abs=0.06)
 
 
 def blocks_of(block: int, *, seed: int = 0) -> npt.NDArray[np.uint8]:
@@ -286,7 +288,7 @@ def test_clipping_costs_exposure_at_equal_brightness() -> None:
         return luma
 
     clipped = score(frame(1, 255))
-    held = score(frame(40, 216))
+    held = score(frame(30, 226))
     assert clipped.brightness == held.brightness == 128.0
     assert clipped.dark_clip == clipped.bright_clip == pytest.approx(0.2)
     assert clipped.exposure < 0.7 * held.exposure
@@ -399,18 +401,21 @@ def test_scores_stay_in_range(name: str) -> None:
     assert result.reason
 
 
-def test_metrics_hold_every_measure_as_json_floats() -> None:
+def test_metrics_hold_every_measure_as_json_floats_and_the_stage() -> None:
     result = scores_of(scene(640, 360))
     metrics = result.metrics()
     assert set(metrics) == {
-        "score", "sharpness", "exposure", "noise_factor", "block_factor", "brightness",
+        "stage", "score", "draft_score", "sharpness", "exposure", "noise_factor", "block_factor", "brightness",
         "contrast", "black_level", "white_level", "dark_clip", "bright_clip", "noise",
         "blockiness", "flat_area",
     }
+    assert metrics.pop("stage") == "draft"
     assert all(type(v) is float for v in metrics.values())
     assert metrics["score"] == result.score
     assert json.loads(json.dumps(metrics)) == metrics
-    assert all(type(v) is float for v in scores_of(black(640, 360)).metrics().values())
+    rejected = scores_of(black(640, 360)).metrics()
+    assert rejected.pop("stage") == "draft"
+    assert all(type(v) is float for v in rejected.values())
 
 
 @pytest.mark.parametrize(
@@ -478,7 +483,7 @@ def test_score_command_explains_each_file_and_picks_one(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
     assert lines[0].startswith(f"{paths[0]}: score ") and "sharpness" in lines[1]
-    assert any(line.startswith(f"{paths[2]}: score 0.000, rejected: test card") for line in lines)
+    assert any(line.startswith(f"{paths[2]}: score 0.000 (draft), rejected: test card") for line in lines)
     assert f"{paths[3]}: rejected: not an image" in out.output
     assert lines[-1] == f"would pick: {paths[1]}"
 
@@ -487,3 +492,119 @@ def test_score_command_explains_each_file_and_picks_one(tmp_path: Path) -> None:
     assert records[-1] == {"pick": paths[1]}
     assert records[1]["metrics"]["score"] > records[0]["metrics"]["score"] > 0
     assert records[2]["rejected"] and records[3]["rejected"]
+
+
+# --- the detail stage ----------------------------------------------------------------------
+
+
+def both_stages(data: bytes) -> tuple[scoring.Scores, scoring.Scores]:
+    draft = scoring.score_luma(imaging.decode_luma(data, max_pixels=CAP))
+    return draft, scoring.score_detail(draft, imaging.decode_detail(data, max_pixels=CAP))
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (1920, 1080)], ids=["720p", "1080p"])
+def test_the_detail_stage_sees_a_mild_blur_the_draft_hardly_does(size: tuple[int, int]) -> None:
+    # σ 0.8 px of the large cover: 0.2 px at the draft's 320×180, plain at 1280 px.
+    from coverservice import scenes
+
+    view = scenes.view(scenes.source("studio"), size, zoom=1.08)
+    sharp = both_stages(scenes.jpeg(view, 88))
+    blur = scenes.degrade(view, scenes.Degradation("gaussian", 0.8), np.random.default_rng(0))
+    soft = both_stages(scenes.jpeg(blur, 88))
+    draft_loss = 1 - soft[0].score / sharp[0].score
+    detail_loss = 1 - soft[1].score / sharp[1].score
+    assert detail_loss > 0.06 and detail_loss > 1.5 * draft_loss, (draft_loss, detail_loss)
+    assert sharp[1].stage == soft[1].stage == "detail"
+
+
+def streaked_texture(*, streak: int = 0, seed: int = 0) -> bytes:
+    """A 1280×720 JPEG of texture with detail at every scale (foliage, gravel), or the same
+    smeared along rows over ``streak`` px (a pan) and crisped up down the columns, as a
+    camera's sharpening would: as much detail on average, none of it along the rows."""
+    rng = np.random.default_rng(seed)
+    texture = np.zeros((720, 1280))
+    for octave in range(6):
+        f = 2**octave
+        cells = rng.normal(0, 1, (720 // f + 2, 1280 // f + 2)).astype(np.float32)
+        grown = Image.fromarray(cells, "F").resize((1280 + 2 * f, 720 + 2 * f), Image.Resampling.BICUBIC)
+        texture += np.asarray(grown)[:720, :1280] * f**0.8
+    texture = 128 + 40 * (texture - texture.mean()) / texture.std()
+    if streak:
+        kernel = np.ones(streak) / streak
+        texture = np.apply_along_axis(lambda row: np.convolve(row, kernel, mode="same"), 1, texture)
+        texture += 0.6 * (2 * texture - np.roll(texture, 1, 0) - np.roll(texture, -1, 0))
+    luma = np.clip(np.rint(texture), 0, 255).astype(np.uint8)
+    return encode(Image.fromarray(luma, "L").convert("RGB"))
+
+
+def test_the_detail_stage_sees_detail_lost_along_one_direction() -> None:
+    # Averaged over directions the streaked frame holds as much fine detail as the clean
+    # one; along the rows it holds none. Only the directional measure ranks it below.
+    clean = both_stages(streaked_texture())[1]
+    streaked = both_stages(streaked_texture(streak=5))[1]
+    assert streaked.streak > clean.streak + 0.2
+    assert streaked.fine_detail_weakest < clean.fine_detail_weakest
+    assert clean.score > streaked.score
+
+
+def test_motion_blur_is_named_as_such() -> None:
+    from coverservice import scenes
+
+    view = scenes.view(scenes.source("game"), (1280, 720), zoom=1.06)
+    shaken = scenes.degrade(view, scenes.Degradation("motion", 9.0), np.random.default_rng(1))
+    gauss = scenes.degrade(view, scenes.Degradation("gaussian", 2.5), np.random.default_rng(5))
+    clean = both_stages(scenes.jpeg(view, 88))[1]
+    moved = both_stages(scenes.jpeg(shaken, 88))[1]
+    soft = both_stages(scenes.jpeg(gauss, 88))[1]
+    assert moved.reason.startswith("motion blur"), moved.reason
+    assert not soft.reason.startswith("motion blur"), soft.reason
+    assert clean.score > moved.score and clean.score > soft.score
+    assert scoring.why_lower(moved, clean) == "motion blur"
+    assert scoring.why_lower(soft, clean) == "softer"
+
+
+def test_the_detail_stage_reads_noise_where_texture_cannot_pass_for_it() -> None:
+    img = scene(1280, 720)
+    clean = both_stages(encode(img))[1]
+    grainy = both_stages(encode(noisy(img, 8)))[1]
+    assert clean.detail_noise < scoring.DETAIL_NOISE_FREE < grainy.detail_noise
+    assert grainy.score < clean.score
+    assert grainy.reason.endswith("noisy")
+    assert scoring.why_lower(grainy, clean) == "noisier"
+
+
+def test_detail_scores_say_their_stage_and_keep_the_draft() -> None:
+    data = encode(scene(960, 540))
+    draft, detail = both_stages(data)
+    metrics = detail.metrics()
+    assert metrics["stage"] == "detail" and draft.metrics()["stage"] == "draft"
+    assert metrics["draft_score"] == draft.score == draft.metrics()["draft_score"]
+    assert {"fine_detail", "fine_detail_weakest", "streak", "detail_noise",
+            "detail_noise_factor"} <= set(metrics)
+    assert all(type(v) is float for k, v in metrics.items() if k != "stage")
+    assert json.loads(json.dumps(metrics)) == metrics
+    # What the draft decided stays decided: rejection, exposure, blockiness.
+    assert (detail.rejected, detail.exposure, detail.blockiness) == (
+        draft.rejected, draft.exposure, draft.blockiness
+    )
+    assert 0.0 <= detail.score <= 1.0 and 0.0 <= detail.sharpness <= 1.0
+    rejected = scores_of(black(640, 360))
+    assert scoring.score_detail(rejected, scoring.Detail(np.zeros((360, 640), np.uint8), 1.0)) is rejected
+
+
+def test_score_detail_refuses_what_is_not_luma() -> None:
+    draft = scores_of(scene(640, 360))
+    with pytest.raises(ValueError, match="expected 2-D uint8 luma"):
+        scoring.score_detail(draft, scoring.Detail(np.zeros((360, 640, 3), np.uint8), 1.0))  # type: ignore[arg-type]
+
+
+def test_contenders_are_the_best_drafts_and_the_best_once_noise_is_set_aside() -> None:
+    scores = [0.5, 0.8, 0.1, 0.75, 0.7]
+    factors = [1.0, 1.0, 0.1, 1.0, 1.0]
+    # Two best drafts, then the frame the draft's noise figure marked down the most.
+    assert scoring.contenders(scores, factors) == [1, 2, 3]
+    assert scoring.contenders(scores, [1.0] * 5) == [1, 3, 4]
+    assert scoring.contenders([0.9, 0.2, 0.1], [1.0, 1.0, 1.0]) == [0]  # far below: no seat
+    assert scoring.contenders([], []) == []
+    with pytest.raises(ValueError):
+        scoring.contenders([0.5], [])
