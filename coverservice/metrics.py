@@ -137,12 +137,6 @@ class Metrics:
             buckets=_SCORE_BUCKETS,
             registry=self.registry,
         )
-        self.detail_seconds = Histogram(
-            "coverservice_detail_seconds",
-            "Time to decode a contender at full detail and score it again (the detail stage).",
-            buckets=_SCORE_BUCKETS,
-            registry=self.registry,
-        )
         self.render_seconds = Histogram(
             "coverservice_render_seconds",
             "Time to render a cover in every size and format and store it.",

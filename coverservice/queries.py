@@ -106,7 +106,6 @@ class SelectionInputs:
     since: datetime  # the window start the candidates were read from
     current_cover_id: int | None  # for install_cover's compare-and-set
     reselect_at: datetime | None  # the stream's due time as read
-    drafts: dict[int, tuple[float, float]]  # frame id -> draft score, draft noise factor
 
 
 MODERATION_REASON = "moderation"
@@ -486,46 +485,34 @@ def retry_frame_later(
 # --- selection and covers ---------------------------------------------------------------
 
 
-# Which stage a frame's score is from (scoring.Scores.metrics()).
-_STAGE = Frame.metrics["stage"].as_string()
-_DETAIL = "detail"
-
-
 def selection_inputs(session: Session, stream_id: str, *, since: datetime) -> SelectionInputs:
     """What selection needs to decide for a stream: its frames scored since ``since``
     (the policy's window start), its automatic cover and its push state."""
     rows = session.execute(
-        select(
-            Frame.id, Frame.score, Frame.captured_at, Frame.blocked, _STAGE,
-            Frame.metrics["draft_score"].as_float(), Frame.metrics["noise_factor"].as_float(),
-        ).where(
+        select(Frame.id, Frame.score, Frame.captured_at, Frame.blocked).where(
             Frame.stream_id == stream_id,
             Frame.status == FrameStatus.SCORED,
             Frame.captured_at >= since,
         )
     ).all()
-    candidates = [Candidate(r[0], r[1] or 0.0, r[2], r[3], r[4] == _DETAIL) for r in rows]
-    # Frames scored before drafts were stored apart: their score is a draft's.
-    drafts = {r[0]: (r[1] or 0.0 if r[5] is None else r[5], 1.0 if r[6] is None else r[6]) for r in rows}
+    candidates = [Candidate(r[0], r[1] or 0.0, r[2], r[3]) for r in rows]
     row = session.execute(
         select(
             Stream.cover_id, Stream.created_at, Stream.live, Stream.live_changed_at, Stream.reselect_at,
-            Cover.frame_id, Cover.score, Cover.captured_at, Cover.created_at, Frame.blocked, _STAGE,
+            Cover.frame_id, Cover.score, Cover.captured_at, Cover.created_at, Frame.blocked,
         )
         .outerjoin(Cover, Cover.id == Stream.cover_id)
         .outerjoin(Frame, Frame.id == Cover.frame_id)
         .where(Stream.id == stream_id)
     ).one_or_none()
     if row is None:
-        return SelectionInputs(StreamView(candidates, None, first_seen_at=since), since, None, None, drafts)
-    cover_id, created_at, live, live_changed_at, reselect_at, frame_id, score, captured_at, installed_at = row[:9]
+        return SelectionInputs(StreamView(candidates, None, first_seen_at=since), since, None, None)
+    cover_id, created_at, live, live_changed_at, reselect_at, frame_id, score, captured_at, installed_at, blocked = row
     current = None
     if frame_id is not None and score is not None and captured_at is not None:
-        current = CurrentCover(
-            frame_id, score, captured_at, bool(row[9]), row[10] == _DETAIL, installed_at=installed_at
-        )
+        current = CurrentCover(frame_id, score, captured_at, bool(blocked), installed_at=installed_at)
     view = StreamView(candidates, current, first_seen_at=created_at, live=live, live_changed_at=live_changed_at)
-    return SelectionInputs(view, since, cover_id, reselect_at, drafts)
+    return SelectionInputs(view, since, cover_id, reselect_at)
 
 
 def note_selection(session: Session, frame_id: int, note: str) -> None:

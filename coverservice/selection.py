@@ -17,10 +17,6 @@ Rules, in the order ``decide`` applies them:
   - once a frame captured after a restart (or after the interruption: that frame is
     proof the push is back and its start callback late or lost) exists, older frames and
     the old cover no longer compete.
-- **Stages**: the detail stage measures a frame again at full detail when its draft
-  score makes it a contender (``needs_detail``). Scores of the two stages are not on one
-  scale, so a frame measured in detail is compared with frames measured alike, and ranks
-  above frames only the draft measured (they were clearly behind when they arrived).
 - **A missing cover** (none yet, blocked, or lost to the push rules above) is replaced by
   the best candidate at once. So is a **stale** one, whose frame has left the window: the
   cover follows the stream, whatever the new frame's score.
@@ -65,12 +61,10 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
-
-from . import scoring
 
 # A recheck is due just after the moment the decision changes: the rules compare
 # strictly (a cover is stale once older than the window; a challenger must *beat* it).
@@ -83,8 +77,6 @@ class Candidate:
     score: float
     captured_at: datetime
     blocked: bool = False
-    # Scored by the detail stage (a contender when it arrived), not only by the draft.
-    detailed: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,10 +85,6 @@ class CurrentCover(Candidate):
     installed (the minimum interval and the provisional period count from then)."""
 
     installed_at: datetime = field(kw_only=True)
-
-    @classmethod
-    def of(cls, frame: Candidate, installed_at: datetime) -> CurrentCover:
-        return cls(**vars(frame), installed_at=installed_at)
 
 
 @dataclass(frozen=True)
@@ -175,12 +163,12 @@ def decide(view: StreamView, *, now: datetime, policy: Policy = Policy()) -> Dec
     candidates, current, dropped = _eligible(view, now, policy)
     if not candidates:
         return Decision(None, Outcome.EMPTY, "no usable frame in the window; keeping the cover", None)
-    best = max(candidates, key=lambda c: (c.detailed, _value(c, now, policy), c.captured_at, c.frame_id))
+    best = max(candidates, key=lambda c: (_value(c, now, policy), c.captured_at, c.frame_id))
     # A push event says when the push began; without one, the first sighting does.
     started = view.first_seen_at if view.live_changed_at is None else view.live_changed_at
 
     def install(outcome: Outcome, reason: str) -> Decision:
-        new = CurrentCover.of(best, installed_at=now)
+        new = CurrentCover(best.frame_id, best.score, best.captured_at, installed_at=now)
         provisional = now < started + policy.provisional
         return Decision(
             best.frame_id, outcome, reason, _recheck(candidates, new, now, policy, provisional), best.frame_id
@@ -197,14 +185,12 @@ def decide(view: StreamView, *, now: datetime, policy: Policy = Policy()) -> Dec
     if current.captured_at < policy.window_start(now):
         return install(Outcome.STALE, "the cover left the window")
     best_value, current_value = _value(best, now, policy), _value(current, now, policy)
-    if best.detailed == current.detailed and best_value <= current_value * (1.0 + policy.hysteresis):
+    if best_value <= current_value * (1.0 + policy.hysteresis):
         return Decision(
             None, Outcome.KEPT, f"best {best_value:.3f} is within the margin of the cover's {current_value:.3f}",
             _recheck(candidates, current, now, policy, provisional), best.frame_id,
         )
-    if best.detailed != current.detailed:
-        gain = "measured in detail, against a cover measured by the draft only"
-    elif best.score > current.score * (1.0 + policy.hysteresis):
+    if best.score > current.score * (1.0 + policy.hysteresis):
         gain = f"score {best.score:.3f} beats the cover's {current.score:.3f}"
     else:
         age = (now - current.captured_at).total_seconds()
@@ -220,26 +206,6 @@ def decide(view: StreamView, *, now: datetime, policy: Policy = Policy()) -> Dec
             min(until, current.captured_at + policy.window + _AFTER), best.frame_id,
         )
     return install(Outcome.BETTER, gain + (" (first cover, provisional)" if provisional and now < until else ""))
-
-
-def needs_detail(
-    view: StreamView,
-    new: Candidate,
-    drafts: Mapping[int, tuple[float, float]],
-    *,
-    now: datetime,
-    policy: Policy = Policy(),
-) -> bool:
-    """Whether a new frame is among the contenders that the detail stage measures again
-    (``scoring.contenders``), beside the stream's other eligible frames and its cover.
-    ``drafts``: each frame's draft score and draft noise factor. Contenders are ranked by
-    their draft score as selection values it now, freshness included: a frame as good as
-    the ageing cover is a contender, so it can take over once measured alike."""
-    candidates, _, _ = _eligible(replace(view, candidates=[*view.candidates, new]), now, policy)
-    ranked = [c for c in candidates if c.frame_id in drafts]
-    values = [drafts[c.frame_id][0] * _factor(c, now, policy) for c in ranked]
-    chosen = scoring.contenders(values, [drafts[c.frame_id][1] for c in ranked])
-    return any(ranked[i].frame_id == new.frame_id for i in chosen)
 
 
 def frame_note(decision: Decision, frame_id: int, *, rechecked_at: datetime | None = None) -> str:
@@ -264,12 +230,8 @@ def freshness_factor(age: timedelta, *, freshness: timedelta, half_life: timedel
 # --- internals ------------------------------------------------------------------------------
 
 
-def _factor(c: Candidate, now: datetime, policy: Policy) -> float:
-    return freshness_factor(now - c.captured_at, freshness=policy.freshness, half_life=policy.half_life)
-
-
 def _value(c: Candidate, now: datetime, policy: Policy) -> float:
-    return c.score * _factor(c, now, policy)
+    return c.score * freshness_factor(now - c.captured_at, freshness=policy.freshness, half_life=policy.half_life)
 
 
 def _eligible(
@@ -316,8 +278,7 @@ def _recheck(
     # Frames newer than the cover outlive it in the window.
     times = [current.captured_at + policy.window + _AFTER]
     hold = None if provisional else current.installed_at + policy.min_interval
-    # Only a frame of the cover's own stage can overtake it as they age (see decide).
-    for c in (c for c in newer if c.detailed == current.detailed):
+    for c in newer:
         at = _overtakes(c, current, now, policy)
         if at is None or at > c.captured_at + policy.window:
             continue

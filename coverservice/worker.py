@@ -30,7 +30,7 @@ from .errors import FetchError, ImageRejected, StorageError
 from .metrics import Metrics
 from .models import FrameStatus
 from .queries import ClaimedFrame
-from .selection import Candidate, Decision, Policy, decide, frame_note, needs_detail
+from .selection import Candidate, Decision, Policy, decide, frame_note
 from .settings import Settings
 from .storage import Storage
 
@@ -273,28 +273,6 @@ class Worker:
         self._begin_next(session)
         return _DONE
 
-    def _measured(
-        self, inputs: queries.SelectionInputs, new: tuple[ClaimedFrame, _Scored], now: datetime
-    ) -> tuple[ClaimedFrame, _Scored]:
-        """The new frame, measured again by the detail stage if it is a contender, while
-        its bytes are in hand (no second download)."""
-        frame, scored = new
-        if scored.scores.stage == "detail":  # a later selection round: measured already
-            return new
-        draft = Candidate(frame.id, scored.scores.score, frame.captured_at)
-        drafts = {**inputs.drafts, frame.id: (scored.scores.score, scored.scores.noise_factor)}
-        if not needs_detail(inputs.view, draft, drafts, now=now, policy=self._policy):
-            return new
-        try:
-            with self.metrics.detail_seconds.time():
-                detail = imaging.decode_detail(scored.data, max_pixels=self.settings.max_image_pixels)
-                return frame, _Scored(scored.data, scoring.score_detail(scored.scores, detail))
-        except ImageRejected as exc:
-            # The draft decoded; the full decode can still find the file broken, and
-            # rendering would: the draft's figures stand, and rendering refuses it.
-            log.info("frame %d of %s: detail stage refused: %s", frame.id, frame.stream_id, exc)
-            return new
-
     def _schedule(
         self,
         session: Session,
@@ -323,9 +301,7 @@ class Worker:
                 view = inputs.view
                 if new is not None:
                     # The new frame is still 'processing', so it is not among the stored ones.
-                    new = self._measured(inputs, new, now)
-                    scores = new[1].scores
-                    arrived = Candidate(new[0].id, scores.score, new[0].captured_at, detailed=scores.stage == "detail")
+                    arrived = Candidate(new[0].id, new[1].scores.score, new[0].captured_at)
                     view = replace(view, candidates=[*view.candidates, arrived])
                 decision = decide(view, now=now, policy=self._policy)
                 if decision.frame_id is None:

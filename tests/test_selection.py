@@ -22,7 +22,6 @@ from coverservice.selection import (
     decide,
     frame_note,
     freshness_factor,
-    needs_detail,
 )
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -35,7 +34,7 @@ def c(frame_id: int, score: float, age_s: float) -> Candidate:
 
 
 def cover(x: Candidate, installed_age_s: float = 3600.0) -> CurrentCover:
-    return CurrentCover.of(x, installed_at=NOW - timedelta(seconds=installed_age_s))
+    return CurrentCover(x.frame_id, x.score, x.captured_at, installed_at=NOW - timedelta(seconds=installed_age_s))
 
 
 def view(
@@ -266,11 +265,9 @@ def test_a_frame_of_the_restarts_own_second_is_fresh() -> None:
 
 # --- properties --------------------------------------------------------------------------------
 
-# A stream's frames: (seconds after the start, score, blocked, measured in detail).
+# A stream's frames: (seconds after the start, score, blocked).
 frames_st = st.lists(
-    st.tuples(
-        st.integers(0, 900), st.floats(0.01, 1.0), st.sampled_from([False, False, False, True]), st.booleans()
-    ),
+    st.tuples(st.integers(0, 900), st.floats(0.01, 1.0), st.sampled_from([False, False, False, True])),
     min_size=1,
     max_size=14,
 )
@@ -287,12 +284,6 @@ START = NOW - timedelta(hours=1)
 
 def _value(x: Candidate | CurrentCover, at: datetime, policy: Policy) -> float:
     return x.score * freshness_factor(at - x.captured_at, freshness=policy.freshness, half_life=policy.half_life)
-
-
-def arrivals(frames: list[tuple[int, float, bool, bool]]) -> list[tuple[datetime, Candidate]]:
-    at = [START + timedelta(seconds=t) for t, _, _, _ in frames]
-    order = sorted(range(len(frames)), key=lambda i: (at[i], i))
-    return [(at[i], Candidate(i, frames[i][1], at[i], frames[i][2], frames[i][3])) for i in order]
 
 
 class Simulation:
@@ -312,7 +303,7 @@ class Simulation:
             chosen = next(x for x in self.candidates if x.frame_id == decision.frame_id)
             assert not chosen.blocked
             self.changes.append((at, decision, self.current))
-            self.current = CurrentCover.of(chosen, installed_at=at)
+            self.current = CurrentCover(chosen.frame_id, chosen.score, chosen.captured_at, installed_at=at)
         if decision.recheck_at is not None:
             assert decision.recheck_at > at  # progress
         self.due = decision.recheck_at if self.due is None or self.due <= at else min(
@@ -320,11 +311,12 @@ class Simulation:
         )
         return decision
 
-    def run(self, frames: list[tuple[int, float, bool, bool]]) -> datetime:
+    def run(self, frames: list[tuple[int, float, bool]]) -> datetime:
+        arrivals = sorted((START + timedelta(seconds=t), i, s, b) for i, (t, s, b) in enumerate(frames))
         at = START
-        for arrived, candidate in arrivals(frames):
+        for arrived, i, score, blocked in arrivals:
             self.run_rechecks(until=arrived)
-            self.candidates.append(candidate)
+            self.candidates.append(Candidate(i, score, arrived, blocked))
             at = arrived
             self.look(at)
         return self.run_rechecks(until=None) or at
@@ -341,14 +333,14 @@ class Simulation:
 
 @settings(max_examples=300, deadline=None)
 @given(frames_st, policy_st)
-def test_a_blocked_frame_is_never_chosen_and_rechecks_progress(frames: list[tuple[int, float, bool, bool]], policy: Policy) -> None:
+def test_a_blocked_frame_is_never_chosen_and_rechecks_progress(frames: list[tuple[int, float, bool]], policy: Policy) -> None:
     Simulation(policy).run(frames)  # the assertions live in Simulation.look
 
 
 @settings(max_examples=300, deadline=None)
 @given(frames_st, policy_st)
 def test_the_cover_never_changes_for_a_better_frame_faster_than_the_interval(
-    frames: list[tuple[int, float, bool, bool]], policy: Policy
+    frames: list[tuple[int, float, bool]], policy: Policy
 ) -> None:
     sim = Simulation(policy)
     sim.run(frames)
@@ -360,7 +352,7 @@ def test_the_cover_never_changes_for_a_better_frame_faster_than_the_interval(
 
 @settings(max_examples=300, deadline=None)
 @given(frames_st, policy_st)
-def test_a_quiet_stream_ends_on_the_cover_the_rules_give_it(frames: list[tuple[int, float, bool, bool]], policy: Policy) -> None:
+def test_a_quiet_stream_ends_on_the_cover_the_rules_give_it(frames: list[tuple[int, float, bool]], policy: Policy) -> None:
     """After the last frame, following the rechecks to their end leaves a cover that no
     frame beats by the margin, at any later time: no better frame is held back for good."""
     sim = Simulation(policy)
@@ -378,13 +370,14 @@ def test_a_quiet_stream_ends_on_the_cover_the_rules_give_it(frames: list[tuple[i
 @settings(max_examples=300, deadline=None)
 @given(frames_st, policy_st, st.floats(0.0, 1.0))
 def test_no_decision_changes_before_its_recheck(
-    frames: list[tuple[int, float, bool, bool]], policy: Policy, fraction: float
+    frames: list[tuple[int, float, bool]], policy: Policy, fraction: float
 ) -> None:
     """Between a decision and its recheck_at, a look with the same inputs changes nothing:
     the worker may sleep until then."""
     sim = Simulation(policy)
-    for arrived, candidate in arrivals(frames):
-        sim.candidates.append(candidate)
+    arrivals = sorted((START + timedelta(seconds=t), i, s, b) for i, (t, s, b) in enumerate(frames))
+    for arrived, i, score, blocked in arrivals:
+        sim.candidates.append(Candidate(i, score, arrived, blocked))
         decision = sim.look(arrived)
         if decision.recheck_at is None:
             continue
@@ -398,10 +391,11 @@ def test_no_decision_changes_before_its_recheck(
 
 @settings(max_examples=200, deadline=None)
 @given(frames_st, policy_st)
-def test_a_frame_better_by_the_margin_wins_by_its_recheck(frames: list[tuple[int, float, bool, bool]], policy: Policy) -> None:
+def test_a_frame_better_by_the_margin_wins_by_its_recheck(frames: list[tuple[int, float, bool]], policy: Policy) -> None:
     sim = Simulation(policy)
-    for arrived, candidate in arrivals(frames):
-        sim.candidates.append(candidate)
+    arrivals = sorted((START + timedelta(seconds=t), i, s, b) for i, (t, s, b) in enumerate(frames))
+    for arrived, i, score, blocked in arrivals:
+        sim.candidates.append(Candidate(i, score, arrived, blocked))
         decision = sim.look(arrived)
         if decision.outcome is Outcome.HELD:
             assert decision.recheck_at is not None
@@ -414,38 +408,3 @@ def test_a_frame_better_by_the_margin_wins_by_its_recheck(frames: list[tuple[int
                 1 + policy.hysteresis
             ):
                 assert then.frame_id is not None
-
-
-# --- stages -----------------------------------------------------------------------------------
-
-
-def test_frames_measured_in_detail_compare_with_each_other_only() -> None:
-    draft_cover = c(1, 0.9, 30)
-    detailed = replace(c(2, 0.5, 5), detailed=True)
-    # A detail score is not on the draft's scale: the detailed frame takes over.
-    decision = decide(view([draft_cover, detailed], cover(draft_cover)), now=NOW)
-    assert decision.frame_id == 2 and "measured in detail" in decision.reason
-    # A frame only the draft measured never beats a cover measured in detail.
-    detailed_cover = replace(c(1, 0.3, 30), detailed=True)
-    assert decide(view([detailed_cover, c(2, 0.9, 5)], cover(detailed_cover)), now=NOW).frame_id is None
-    # Among frames measured alike, the margin applies as ever.
-    better = replace(c(2, 0.6, 5), detailed=True)
-    assert decide(view([detailed_cover, better], cover(detailed_cover)), now=NOW).frame_id == 2
-
-
-def test_a_new_frame_near_the_best_draft_needs_the_detail_stage() -> None:
-    old = [c(1, 0.8, 60), c(2, 0.7, 50), c(3, 0.2, 40)]
-    drafts = {1: (0.8, 1.0), 2: (0.7, 1.0), 3: (0.2, 1.0)}
-
-    def needs(score: float, noise_factor: float = 1.0, age_s: float = 5) -> bool:
-        new = c(9, score, age_s)
-        return needs_detail(view(old), new, {**drafts, 9: (score, noise_factor)}, now=NOW)
-
-    assert needs(0.9)  # the best draft
-    assert needs(0.75)  # second best
-    assert not needs(0.3)  # far behind
-    assert needs(0.3, noise_factor=0.3)  # marked down for noise, which the draft may mistake texture for
-    # Ranked as selection values frames: freshness counts.
-    aged = [c(1, 0.8, 500), c(2, 0.7, 490)]
-    new = c(9, 0.3, 5)
-    assert needs_detail(view(aged), new, {1: (0.8, 1.0), 2: (0.7, 1.0), 9: (0.3, 1.0)}, now=NOW)

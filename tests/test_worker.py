@@ -128,26 +128,6 @@ def test_sharper_frame_wins_and_renditions_are_stored(
         assert r.key.endswith(f".{fmt}") and r.etag in r.key  # content-addressed
     metrics = frame(sessions, sharp).metrics
     assert metrics is not None and {"sharpness", "brightness"} <= set(metrics)
-    # Both were contenders when they arrived (the first frame; then the better draft):
-    # the detail stage measured them again, and the cover is the detail stage's pick.
-    assert metrics["stage"] == "detail" and {"fine_detail", "streak"} <= set(metrics)
-    assert (frame(sessions, soft).metrics or {})["stage"] == "detail"
-
-
-def test_frames_far_behind_the_best_draft_skip_the_detail_stage(
-    sessions: sessionmaker[Session], cos: CosServer, clock: Clock, make_worker: Callable[..., Worker],
-) -> None:
-    base = scene(1280, 720, seed=3)
-    sharp = add_frame(sessions, cos, clock, "/room/sharp.jpg", encode(base))
-    second = add_frame(sessions, cos, clock, "/room/second.jpg", encode(blurred(base, 1)))
-    soft = add_frame(sessions, cos, clock, "/room/soft.jpg", encode(blurred(base, 8)))
-    worker = make_worker()
-    worker.drain()
-    assert (frame(sessions, sharp).metrics or {})["stage"] == "detail"
-    assert (frame(sessions, soft).metrics or {})["stage"] == "draft"
-    assert (frame(sessions, second).metrics or {})["stage"] == "detail"
-    [count] = [x.value for m in worker.metrics.detail_seconds.collect() for x in m.samples if x.name.endswith("_count")]
-    assert count == 2
 
 
 def test_a_worse_frame_later_does_not_replace_the_cover(
