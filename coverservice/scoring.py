@@ -322,7 +322,9 @@ def _percentile_counts(total: int) -> npt.NDArray[np.float64]:
 def _exposure(black_level: float, white_level: float, dark_clip: float, bright_clip: float) -> float:
     reach = min(1.0, white_level / WHITE_REACH)
     lift = 1.0 - min(1.0, max(0.0, black_level - BLACK_LIFT) / BLACK_SPAN)
-    clipping = max(0.0, 1.0 - DARK_CLIP_COST * dark_clip - BRIGHT_CLIP_COST * bright_clip)
+    # 1 / (1 + cost), not 1 - cost: the same for a little clipping, but a picture on a
+    # white page (a cartoon, a product shot) keeps its rank instead of hitting 0.
+    clipping = 1.0 / (1.0 + DARK_CLIP_COST * dark_clip + BRIGHT_CLIP_COST * bright_clip)
     return reach * lift * clipping
 
 
