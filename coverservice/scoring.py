@@ -37,6 +37,15 @@ each a thing people notice:
   encoding shows) costs nothing. Blocks of a video that was scaled before the
   screenshot was taken sit off this grid and are not seen.
 
+The draft's noise keeps only the part of the residual that halves when the frame is
+shrunk 2× (fine texture does not halve; see ``_noise_not_texture``).
+
+**The detail stage** (``score_detail``, on ``imaging.decode_detail`` of the same bytes)
+runs only on contenders (``contenders``): frames whose draft puts them near the best of
+their stream. It measures sharpness and noise again at the detail the large cover
+shows, scale- and content-normalised and per direction, and its scores (``stage ==
+"detail"``) compare only with each other. docs/quality.md says how the worker uses it.
+
 Frames that are no cover at all are rejected with score 0 and a reason: black (FFmpeg
 ``blackframe``'s 98 % below 32), white, flat (almost no contrast), uniform (one shade over
 90 % of the frame: "no signal" and "offline" slates, a black frame with a logo), test
