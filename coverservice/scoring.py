@@ -37,6 +37,15 @@ each a thing people notice:
   encoding shows) costs nothing. Blocks of a video that was scaled before the
   screenshot was taken sit off this grid and are not seen.
 
+The draft's noise keeps only the part of the residual that halves when the frame is
+shrunk 2× (fine texture does not halve; see ``_noise_not_texture``).
+
+**The detail stage** (``score_detail``, on ``imaging.decode_detail`` of the same bytes)
+runs only on contenders (``contenders``): frames whose draft puts them near the best of
+their stream. It measures sharpness and noise again at the detail the large cover
+shows, scale- and content-normalised and per direction, and its scores (``stage ==
+"detail"``) compare only with each other. docs/quality.md says how the worker uses it.
+
 Frames that are no cover at all are rejected with score 0 and a reason: black (FFmpeg
 ``blackframe``'s 98 % below 32), white, flat (almost no contrast), uniform (one shade over
 90 % of the frame: "no signal" and "offline" slates, a black frame with a logo), test
@@ -322,7 +331,9 @@ def _percentile_counts(total: int) -> npt.NDArray[np.float64]:
 def _exposure(black_level: float, white_level: float, dark_clip: float, bright_clip: float) -> float:
     reach = min(1.0, white_level / WHITE_REACH)
     lift = 1.0 - min(1.0, max(0.0, black_level - BLACK_LIFT) / BLACK_SPAN)
-    clipping = max(0.0, 1.0 - DARK_CLIP_COST * dark_clip - BRIGHT_CLIP_COST * bright_clip)
+    # 1 / (1 + cost), not 1 - cost: the same for a little clipping, but a picture on a
+    # white page (a cartoon, a product shot) keeps its rank instead of hitting 0.
+    clipping = 1.0 / (1.0 + DARK_CLIP_COST * dark_clip + BRIGHT_CLIP_COST * bright_clip)
     return reach * lift * clipping
 
 
