@@ -148,10 +148,12 @@ def bench(duration: float | None, concurrency: int | None, frames: int | None,
 @click.option("--max-pixels", default=Settings.model_fields["max_image_pixels"].default,
               show_default=True, type=click.IntRange(1), help="Decode cap, as COVERSERVICE_MAX_IMAGE_PIXELS.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, then the pick.")
-def score(files: tuple[str, ...], max_pixels: int, as_json: bool) -> None:
-    """Score screenshots as the worker does: each file's draft metrics, score and verdict,
-    the detail stage on the contenders (the best drafts), and the one selection would pick
-    as a stream's cover (the best detail score among the contenders)."""
+@click.option("--detail", is_flag=True, help="Measure the contenders (the best drafts) again by the detail "
+              "stage and pick among them. The worker does not: on held-out pictures it picked no better.")
+def score(files: tuple[str, ...], max_pixels: int, as_json: bool, detail: bool) -> None:
+    """Score screenshots as the worker does: each file's metrics, score and verdict, and
+    the one selection would pick as a stream's cover. With --detail, the two-stage
+    scorer of docs/quality.md instead."""
     import json
     from datetime import UTC, datetime
     from pathlib import Path
@@ -173,10 +175,11 @@ def score(files: tuple[str, ...], max_pixels: int, as_json: bool) -> None:
             refused[index] = str(exc)
     usable = [i for i, r in results.items() if not r.rejected]
     for j in scoring.contenders([results[i].score for i in usable],
-                                [results[i].noise_factor for i in usable]):
+                                [results[i].noise_factor for i in usable]) if detail else []:
         index = usable[j]
-        detail = imaging.decode_detail(contents[index], max_pixels=max_pixels)
-        results[index] = scoring.score_detail(results[index], detail)
+        results[index] = scoring.score_detail(
+            results[index], imaging.decode_detail(contents[index], max_pixels=max_pixels)
+        )
     for index, name in enumerate(files):
         if index in refused:
             click.echo(json.dumps({"file": name, "rejected": True, "reason": refused[index]}) if as_json
@@ -194,8 +197,10 @@ def score(files: tuple[str, ...], max_pixels: int, as_json: bool) -> None:
         click.echo("  " + "  ".join(f"{key} {value:.3g}" for key, value in metrics.items()
                                     if isinstance(value, float)))
     # Screenshots of one moment: ties go to the later file, as selection prefers newer frames.
-    # Detail scores compare with detail scores only: the pick is among the contenders.
-    candidates = [Candidate(i, r.score, now) for i, r in results.items() if r.stage == "detail"]
+    # Detail scores compare with detail scores only: with --detail, the pick is among the
+    # contenders.
+    stage = "detail" if detail else "draft"
+    candidates = [Candidate(i, r.score, now) for i, r in results.items() if not r.rejected and r.stage == stage]
     best = best_of(candidates, now=now)
     pick = None if best is None else files[best]
     if as_json:

@@ -492,6 +492,11 @@ def test_score_command_explains_each_file_and_picks_one(tmp_path: Path) -> None:
     assert records[-1] == {"pick": paths[1]}
     assert records[1]["metrics"]["score"] > records[0]["metrics"]["score"] > 0
     assert records[2]["rejected"] and records[3]["rejected"]
+    assert records[1]["metrics"]["stage"] == "draft"  # as the worker scores
+
+    out = CliRunner().invoke(main, ["score", "--json", "--detail", *paths])
+    records = [json.loads(line) for line in out.output.splitlines()]
+    assert records[-1] == {"pick": paths[1]} and records[1]["metrics"]["stage"] == "detail"
 
 
 # --- the detail stage ----------------------------------------------------------------------
@@ -595,7 +600,7 @@ def test_detail_scores_say_their_stage_and_keep_the_draft() -> None:
 def test_score_detail_refuses_what_is_not_luma() -> None:
     draft = scores_of(scene(640, 360))
     with pytest.raises(ValueError, match="expected 2-D uint8 luma"):
-        scoring.score_detail(draft, scoring.Detail(np.zeros((360, 640, 3), np.uint8), 1.0))  # type: ignore[arg-type]
+        scoring.score_detail(draft, scoring.Detail(np.zeros((360, 640, 3), np.uint8), 1.0))
 
 
 def test_contenders_are_the_best_drafts_and_the_best_once_noise_is_set_aside() -> None:
