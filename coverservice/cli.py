@@ -28,6 +28,7 @@ def _settings() -> Settings:
 
 
 @click.group()
+@click.version_option(package_name="coverservice", message="%(prog)s %(version)s")
 @click.option("--log-level", type=click.Choice(logs.LOG_LEVELS),
               help="Overrides COVERSERVICE_LOG_LEVEL (default info).")
 @click.pass_context
