@@ -101,7 +101,7 @@ def create_app(
                 max_validity=settings.callback_max_validity,
             )
         except CallbackError as exc:
-            metrics.callback(None, refusal_outcome(exc))
+            metrics.callback(exc.event_type, refusal_outcome(exc))
             log.info("callback refused: %s", exc)
             await _request_error(exc)(scope, receive, send)
             return

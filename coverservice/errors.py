@@ -34,10 +34,12 @@ class AdminError(RequestError):
 
 
 class CallbackError(RequestError):
-    """A callback we refuse."""
+    """A callback we refuse. ``event_type`` is the body's, once it could be read (for the
+    metrics: a broken screenshot callback is counted as a screenshot)."""
 
     status = 400
     code = "invalid_callback"
+    event_type: int | None = None
 
 
 class InvalidPayload(CallbackError):
