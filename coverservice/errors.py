@@ -79,9 +79,12 @@ class FetchError(FrameError):
     the others (host not allowed, private address, 404, too large) fail the frame at once.
     """
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, host: str | None = None, setting: str | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        # For refusals that configuration could lift: the host, and the variable to change.
+        self.host = host
+        self.setting = setting
 
 
 class ImageRejected(FrameError):
