@@ -119,3 +119,9 @@ def test_the_image_installs_the_wheel_with_its_migrations() -> None:
     assert "pip install -e" not in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "migrations" not in ignored and "coverservice" not in ignored
+
+
+def test_the_embedded_default_s_data_is_not_committed() -> None:
+    # `coverservice serve` in a checkout writes its SQLite file and covers beside it.
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert "coverservice-data/" in ignored and "*.sqlite3" in ignored
