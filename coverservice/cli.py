@@ -7,6 +7,7 @@ import pathlib
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 import uvicorn
@@ -17,7 +18,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from . import db, logs
 from .errors import StorageError
 from .settings import ConfigurationError, Settings, load_settings
-from .storage import Storage
+
+if TYPE_CHECKING:
+    from .storage import Storage
 
 
 def _settings() -> Settings:
