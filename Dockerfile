@@ -3,7 +3,7 @@ FROM python:3.11-slim-bookworm AS build
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY migrations ./migrations
 COPY coverservice ./coverservice
 # A wheel, as an index would serve it: the migrations travel inside the package.

@@ -18,7 +18,7 @@ from coverservice import cli
 from coverservice.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-# boto3 reads these itself (README, "Configuration"); nothing else is meant to be set.
+# boto3 reads these itself (docs/configuration.md); nothing else is meant to be set.
 AWS_VARIABLES = {"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"}
 _VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
