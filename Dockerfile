@@ -1,4 +1,14 @@
 # coverservice: one image for the API (`serve`) and the workers (`worker`).
+FROM python:3.11-slim-bookworm AS build
+
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY migrations ./migrations
+COPY coverservice ./coverservice
+# A wheel, as an index would serve it: the migrations travel inside the package.
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,13 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     COVERSERVICE_LOG_FORMAT=json
 
-WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
-COPY migrations ./migrations
-COPY coverservice ./coverservice
-# Editable: the migrations are found beside the package (db.MIGRATIONS_DIR), which a
-# regular install into site-packages would leave behind.
-RUN pip install -e . \
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/*.whl && rm -rf /wheels \
     && useradd --system --uid 10001 --home-dir /srv --create-home coverservice
 
 USER coverservice

@@ -34,7 +34,7 @@ from .callbacks import IgnoredEvent, ModerationEvent, ScreenshotEvent, StreamSta
 from .covers import ALL_FORMATS, LAZY_FORMATS, MAX_BATCH, lazy_source, render_lazy, rendition_key
 from .db import make_engine, make_session_factory, ping, transaction, utcnow
 from .errors import CallbackError, FetchError, PayloadTooLarge, RequestError, StorageError
-from .fetch import Fetcher, check_url
+from .fetch import Fetcher, RefusalLog, check_url
 from .imaging import FORMATS, SIZES
 from .ingest import AsyncFrameRecorder, GroupCommitter, IngestOverloaded
 from .logs import RequestIdMiddleware
@@ -42,7 +42,7 @@ from .metrics import Metrics, Outcome, refusal_outcome
 from .models import FrameStatus
 from .queries import CoverView, NewFrame, StoredRendition, StreamState
 from .settings import Settings
-from .storage import Storage, storage_from_url
+from .storage import Storage, check_at_start, storage_from_url
 from .worker import Worker
 
 # /readyz answers within this even when the database or storage hangs.
@@ -101,7 +101,7 @@ def create_app(
                 max_validity=settings.callback_max_validity,
             )
         except CallbackError as exc:
-            metrics.callback(None, refusal_outcome(exc))
+            metrics.callback(exc.event_type, refusal_outcome(exc))
             log.info("callback refused: %s", exc)
             await _request_error(exc)(scope, receive, send)
             return
@@ -143,31 +143,35 @@ def create_app(
             cache.invalidate(event.stream_id)
         return None
 
-    # The verdict on each pic_full_url's origin (scheme://host:port): "" or the refusal.
+    # The verdict on each pic_full_url's origin (scheme://host:port): None or the refusal.
     # check_url parses strictly and costs more than the rest of a callback; CSS sends from
     # a few COS hosts, so each origin is checked once. Whatever lies past the origin is
     # checked with the whole URL by the worker, before it downloads.
-    origin_verdicts: dict[str, str] = {}
+    origin_verdicts: dict[str, FetchError | None] = {}
+    refusals = RefusalLog(settings.fetch_allowed_hosts)
 
-    def _refusal(url: str) -> str:
+    def _refusal(url: str) -> FetchError | None:
         origin = _origin(url)
-        verdict = origin_verdicts.get(origin) if origin else None
-        if verdict is None:
-            try:
-                check_url(f"{origin}/" if origin else url, settings.fetch_allowed_hosts)
-                verdict = ""
-            except FetchError as exc:
-                verdict = f"download refused: {exc}"
-            if origin:
-                if len(origin_verdicts) >= _MAX_ORIGINS:
-                    origin_verdicts.clear()
-                origin_verdicts[origin] = verdict
+        if origin and origin in origin_verdicts:
+            return origin_verdicts[origin]
+        verdict = None
+        try:
+            check_url(f"{origin}/" if origin else url, settings.fetch_allowed_hosts)
+        except FetchError as exc:
+            verdict = exc
+        if origin:
+            if len(origin_verdicts) >= _MAX_ORIGINS:
+                origin_verdicts.clear()
+            origin_verdicts[origin] = verdict
         return verdict
 
     def _new_frame(event: ScreenshotEvent) -> NewFrame:
         # A URL we would never download is recorded as failed right away, with the
         # reason, rather than refused: the operator sees it and no worker touches it.
-        reason = _refusal(event.pic_full_url)
+        refusal = _refusal(event.pic_full_url)
+        if refusal is not None:
+            refusals.warn(refusal)
+        reason = f"download refused: {refusal}" if refusal is not None else ""
         status = FrameStatus.FAILED if reason else FrameStatus.PENDING
         captured_at = datetime.fromtimestamp(event.create_time, UTC)
         return NewFrame(event, captured_at, status, reason)
@@ -393,6 +397,9 @@ def create_app(
                 checks[name] = "ok"
             except TimeoutError:
                 checks[name] = f"unavailable: no answer within {READY_TIMEOUT:g} s"
+            except StorageError as exc:
+                # Our own message: it names what to change (credentials, bucket, endpoint).
+                checks[name] = f"unavailable: {exc}"
             except Exception as exc:  # noqa: BLE001  (any failure means "not ready", by name)
                 checks[name] = f"unavailable: {type(exc).__name__}"
         ready = all(v == "ok" for v in checks.values())
@@ -412,6 +419,8 @@ def create_app(
                 "COVERSERVICE_CALLBACK_KEYS is empty: callback signatures are NOT checked; "
                 "anyone who can reach /callbacks/css can submit screenshots"
             )
+        threading.Thread(target=check_at_start, args=(storage,), name="coverservice-storage-check",
+                         daemon=True).start()
         stop = threading.Event()
         thread = None
         listener = None

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from .errors import InvalidPayload, SignatureRejected
+from .errors import CallbackError, InvalidPayload, SignatureRejected
 
 SCREENSHOT = 200
 MODERATION = 317
@@ -128,6 +128,16 @@ def parse_callback(
             "event_type must be an integer",
             [{"field": "event_type", "problem": "missing" if event_type is None else "not an integer"}],
         )
+    try:
+        return _parse_event(payload, event_type, keys=keys, now=now, max_validity=max_validity)
+    except CallbackError as exc:
+        exc.event_type = event_type
+        raise
+
+
+def _parse_event(
+    payload: dict[str, Any], event_type: int, *, keys: tuple[str, ...], now: float, max_validity: float
+) -> CallbackEvent:
     if keys:
         verify_signature(payload, keys=keys, now=now, max_validity=max_validity)
     if event_type == SCREENSHOT:

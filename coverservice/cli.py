@@ -7,12 +7,20 @@ import pathlib
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 import uvicorn
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from . import db, logs
+from .errors import StorageError
 from .settings import ConfigurationError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from .storage import Storage
 
 
 def _settings() -> Settings:
@@ -27,7 +35,42 @@ def _settings() -> Settings:
     return settings
 
 
+def _database(settings: Settings) -> Engine:
+    """The engine, with the schema brought up to date; a database that cannot be reached
+    stops the command with the address and the variable to change (a traceback only at
+    --log-level debug)."""
+    engine = db.make_engine(settings.database_url)
+    try:
+        db.upgrade(engine)
+    except (OperationalError, InterfaceError) as exc:
+        logging.getLogger(__name__).debug("database unreachable", exc_info=True)
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        detail = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+        password = make_url(settings.database_url).password
+        if password:
+            detail = detail.replace(str(password), "***")
+        raise click.ClickException(
+            f"cannot reach the database at {where}: {detail}\n"
+            "Set COVERSERVICE_DATABASE_URL to a reachable postgresql://user:password@host:port/db "
+            "(or sqlite:////absolute/path.sqlite3), and check that the server is running."
+        ) from None
+    return engine
+
+
+def _storage(settings: Settings) -> Storage:
+    """The storage backend; one that cannot even be set up (incomplete credentials) stops
+    the command, one that cannot be reached is logged by name and retried by the work."""
+    from .storage import storage_from_url
+
+    try:
+        return storage_from_url(settings.storage_url)
+    except StorageError as exc:
+        logging.getLogger(__name__).debug("storage set-up failed", exc_info=True)
+        raise click.ClickException(str(exc)) from None
+
+
 @click.group()
+@click.version_option(package_name="coverservice", message="coverservice %(version)s")
 @click.option("--log-level", type=click.Choice(logs.LOG_LEVELS),
               help="Overrides COVERSERVICE_LOG_LEVEL (default info).")
 @click.pass_context
@@ -46,9 +89,8 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     from .app import create_app
 
     settings = _settings()
-    engine = db.make_engine(settings.database_url)
-    db.upgrade(engine)
-    app = create_app(settings, engine=engine, run_worker=not no_worker)
+    engine = _database(settings)
+    app = create_app(settings, engine=engine, storage=_storage(settings), run_worker=not no_worker)
     # log_config=None: uvicorn's loggers go through ours (format, request id, scrubbing).
     uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=False)
 
@@ -63,12 +105,13 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
 
     from .fetch import Fetcher
     from .metrics import Metrics
-    from .storage import storage_from_url
+    from .storage import check_at_start
     from .worker import Worker
 
     settings = _settings()
-    engine = db.make_engine(settings.database_url)
-    db.upgrade(engine)
+    engine = _database(settings)
+    storage = _storage(settings)
+    threading.Thread(target=check_at_start, args=(storage,), name="coverservice-storage-check", daemon=True).start()
     sessions = db.make_session_factory(engine)
     metrics = Metrics()
     exporter = None
@@ -90,7 +133,7 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
             Worker(
                 settings,
                 session_factory=sessions,
-                storage=storage_from_url(settings.storage_url),
+                storage=storage,
                 fetch=fetcher.fetch,
                 name=settings.worker_name or None,
                 metrics=metrics,
@@ -103,8 +146,7 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
 @main.command()
 def migrate() -> None:
     """Bring the database schema up to date."""
-    settings = _settings()
-    db.upgrade(db.make_engine(settings.database_url))
+    _database(_settings())
     click.echo("database schema is up to date")
 
 

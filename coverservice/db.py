@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +30,9 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The top-level migrations/ directory ships as the package coverservice.migrations
+# (pyproject.toml maps it), so an installed wheel finds its scripts where a checkout does.
+MIGRATIONS_DIR = Path(str(resources.files("coverservice.migrations")))
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -34,10 +34,12 @@ class AdminError(RequestError):
 
 
 class CallbackError(RequestError):
-    """A callback we refuse."""
+    """A callback we refuse. ``event_type`` is the body's, once it could be read (for the
+    metrics: a broken screenshot callback is counted as a screenshot)."""
 
     status = 400
     code = "invalid_callback"
+    event_type: int | None = None
 
 
 class InvalidPayload(CallbackError):
@@ -77,9 +79,12 @@ class FetchError(FrameError):
     the others (host not allowed, private address, 404, too large) fail the frame at once.
     """
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, host: str | None = None, setting: str | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        # For refusals that configuration could lift: the host, and the variable to change.
+        self.host = host
+        self.setting = setting
 
 
 class ImageRejected(FrameError):

@@ -9,6 +9,7 @@ rebinding), and size and time are capped.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 import ssl
@@ -23,6 +24,8 @@ import httpcore
 import httpx
 
 from .errors import FetchError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -109,7 +112,8 @@ def check_url(url: str, patterns: Sequence[str]) -> httpx.URL:
         raise _refused(f"URL has an odd port: {scheme} on {port}")
     effective_port = port or DEFAULT_PORTS[scheme]
     if not host_allowed(host, effective_port, patterns):
-        raise _refused(f"host {where} is not allowed")
+        raise FetchError(f"host {where} is not allowed", transient=False, host=where,
+                         setting="COVERSERVICE_FETCH_ALLOWED_HOSTS")
 
     # httpx parses the URL again to send it; refuse what the two parsers read differently.
     try:
@@ -351,7 +355,8 @@ class _GuardedBackend(httpcore.NetworkBackend):
                     source = "" if literal is not None else f", resolved from {host}"
                     # Raised as is through httpcore and httpx, which map only their own errors.
                     raise FetchError(
-                        f"address {address} is not allowed ({reason}){source}", transient=False
+                        f"address {address} is not allowed ({reason}){source}", transient=False,
+                        host=host, setting="COVERSERVICE_FETCH_ALLOW_PRIVATE",
                     )
         return addresses
 
@@ -375,6 +380,47 @@ class _GuardedTransport(httpx.HTTPTransport):
         )
 
 
+# --- refusals the operator can lift -----------------------------------------------------
+
+
+class RefusalLog:
+    """A warning for each download refused by configuration, naming the host and the
+    variable to change: otherwise the callback is acknowledged, the frame fails quietly
+    and the cover never appears. At most one line per host per ``interval`` seconds, and
+    ``max_hosts`` hosts per interval (a flood of made-up hosts cannot flood the log)."""
+
+    def __init__(self, allowed_hosts: Sequence[str], *, interval: float = 300.0, max_hosts: int = 100,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._allowed = ",".join(allowed_hosts) or "(empty)"
+        self._interval = interval
+        self._max_hosts = max_hosts
+        self._clock = clock
+        self._warned: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, error: FetchError) -> None:
+        if error.host is None or error.setting is None:
+            return
+        now = self._clock()
+        with self._lock:
+            last = self._warned.get(error.host)
+            if last is not None and now - last < self._interval:
+                return
+            if last is None and len(self._warned) >= self._max_hosts:
+                self._warned = {h: t for h, t in self._warned.items() if now - t < self._interval}
+                if len(self._warned) >= self._max_hosts:
+                    return
+            self._warned[error.host] = now
+        if error.setting == "COVERSERVICE_FETCH_ALLOWED_HOSTS":
+            fix = (f"if it is your screenshot bucket or its CDN, add {_short(error.host)} to "
+                   f"COVERSERVICE_FETCH_ALLOWED_HOSTS (now {self._allowed})")
+        else:
+            fix = (f"only for a stand-in on your own network (tests, demos) set {error.setting}=true: "
+                   "it lets anyone who can send a callback make the workers connect to internal addresses")
+        log.warning("download refused, the screenshot will not become a cover: %s; %s "
+                    "(refusals for this host are logged once per %g s)", error, fix, self._interval)
+
+
 # --- downloads -------------------------------------------------------------------------
 
 
@@ -393,6 +439,7 @@ class Fetcher:
         for pattern in allowed_hosts:
             _parse_pattern(pattern)  # a bad pattern fails at start-up, not per frame
         self._patterns = tuple(allowed_hosts)
+        self._refusals = RefusalLog(self._patterns)
         self._max_bytes = max_bytes
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -426,6 +473,13 @@ class Fetcher:
         )
 
     def fetch(self, url: str) -> bytes:
+        try:
+            return self._fetch(url)
+        except FetchError as exc:
+            self._refusals.warn(exc)
+            raise
+
+    def _fetch(self, url: str) -> bytes:
         target = check_url(url, self._patterns)
         # Messages name the host only: COS URLs carry signatures in the query.
         where = target.netloc.decode("ascii")

@@ -44,7 +44,7 @@ class Outcome(enum.StrEnum):
 
 
 # The `event` label: CSS event types by name; "unknown" when the callback was refused
-# before its type was read.
+# before its type was read (not JSON, too large, no integer event_type).
 EVENTS = {200: "screenshot", 317: "moderation", 1: "push_started", 0: "push_interrupted"}
 UNKNOWN_EVENT = "unknown"
 OTHER_EVENT = "other"

@@ -286,6 +286,18 @@ _FRAME_COLUMNS = (
     "received_at, status, reason, attempts, available_at, processed_at, blocked, blocked_reason"
 )
 _NOW = bindparam("now", type_=UTCDateTime())
+# Screenshots are proof of life: CSS takes them only while a stream is pushed. A stream
+# with no push event yet is live from its first screenshot (live_changed_at stays NULL, so
+# selection's lifecycle rules see no event). After a push stop, a screenshot captured
+# later (by capture time, not arrival: CSS retries callbacks) means the push is back: the
+# stream is live again from that capture time, so a retried stop that happened before it
+# is ignored by set_stream_live and one that happened after it still applies. A batch
+# rarely holds two screenshots of a stream (CSS takes one every 5-10 s); the later counts.
+_LIVE_FROM_SCREENSHOTS = """live_changed_at = CASE
+        WHEN NOT streams.live AND excluded.last_frame_at > streams.live_changed_at
+        THEN excluded.last_frame_at ELSE streams.live_changed_at END,
+    live = streams.live OR streams.live_changed_at IS NULL
+        OR excluded.last_frame_at > streams.live_changed_at"""
 _RECORD_FRAMES_POSTGRES: tuple[TextClause, ...] = (
     text(
         f"""
@@ -294,9 +306,10 @@ WITH batch AS (
         stream_id text, channel_id text, pic_url text, pic_full_url text, captured_at timestamptz,
         file_size bigint, width integer, height integer, app text, payload text, status text, reason text)
 ), seen AS (
-    INSERT INTO streams (id, created_at, last_frame_at)
-    SELECT stream_id, :now, max(captured_at) FROM batch GROUP BY stream_id ORDER BY stream_id
-    ON CONFLICT (id) DO UPDATE SET last_frame_at = GREATEST(streams.last_frame_at, excluded.last_frame_at)
+    INSERT INTO streams (id, created_at, last_frame_at, live)
+    SELECT stream_id, :now, max(captured_at), true FROM batch GROUP BY stream_id ORDER BY stream_id
+    ON CONFLICT (id) DO UPDATE SET last_frame_at = GREATEST(streams.last_frame_at, excluded.last_frame_at),
+        {_LIVE_FROM_SCREENSHOTS}
 )
 INSERT INTO frames ({_FRAME_COLUMNS})
 SELECT b.stream_id, b.channel_id, b.pic_url, b.pic_full_url, b.captured_at, b.file_size, b.width, b.height,
@@ -313,12 +326,13 @@ _SQLITE_FIELD = "json_extract(b.value, '$.{}')"
 _RECORD_FRAMES_SQLITE: tuple[TextClause, ...] = (
     text(
         f"""
-INSERT INTO streams (id, created_at, last_frame_at)
-SELECT {_SQLITE_FIELD.format("stream_id")}, :now, max({_SQLITE_FIELD.format("captured_at")})
+INSERT INTO streams (id, created_at, last_frame_at, live)
+SELECT {_SQLITE_FIELD.format("stream_id")}, :now, max({_SQLITE_FIELD.format("captured_at")}), 1
 FROM json_each(:batch) AS b WHERE true GROUP BY 1 ORDER BY 1
 ON CONFLICT (id) DO UPDATE SET last_frame_at = CASE
     WHEN streams.last_frame_at IS NULL OR streams.last_frame_at < excluded.last_frame_at
-    THEN excluded.last_frame_at ELSE streams.last_frame_at END"""
+    THEN excluded.last_frame_at ELSE streams.last_frame_at END,
+    {_LIVE_FROM_SCREENSHOTS}"""
     ).bindparams(_NOW),
     text(
         f"""

@@ -31,6 +31,7 @@ store that rejects them is served by the standard
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -43,9 +44,17 @@ from urllib.request import url2pathname
 
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 
 from .errors import StorageError
+
+log = logging.getLogger(__name__)
 
 # Keys are content-addressed, so an object never changes once written.
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -228,8 +237,26 @@ def default_s3_client() -> S3Client:
     )
     # A session per client: boto3's module-level default session is not thread-safe
     # to create clients from, and clients themselves are.
-    client: S3Client = boto3.session.Session().client("s3", config=config)
+    try:
+        client: S3Client = boto3.session.Session().client("s3", config=config)
+    except PartialCredentialsError as exc:
+        raise StorageError(f"S3 credentials are incomplete ({exc}): set both AWS_ACCESS_KEY_ID "
+                           "and AWS_SECRET_ACCESS_KEY") from None
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot set up the S3 client: {exc}") from None
     return client
+
+
+def check_at_start(storage: Storage) -> None:
+    """Say at start, naming the fix, when storage cannot be used: otherwise the first sign
+    is a worker failing every cover. Not fatal (an object store can come back), and
+    ``GET /readyz`` reports the same until it does."""
+    try:
+        storage.check()
+    except StorageError as exc:
+        log.error("storage unavailable: %s", exc)
+    except Exception:
+        log.exception("storage check failed")
 
 
 class S3Storage:
@@ -283,8 +310,42 @@ class S3Storage:
             self.client.delete_object(Bucket=self.bucket, Key=name)
 
     def check(self) -> None:
-        with self._errors("reach", None):
+        """Can we use the bucket? The error says what to change: credentials, the bucket,
+        its permissions or the endpoint."""
+        where = f"s3://{self.bucket}"
+        endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", None) or "AWS S3"
+        try:
             self.client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise StorageError(
+                f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE, or an instance role)"
+            ) from None
+        except EndpointConnectionError as exc:
+            raise StorageError(
+                f"cannot connect to the S3 endpoint for {where} ({exc}): check AWS_ENDPOINT_URL_S3"
+            ) from None
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if status == 404 or code in ("NoSuchBucket", "NotFound"):
+                raise StorageError(
+                    f"bucket {self.bucket} does not exist at {endpoint}: create it, or correct "
+                    "the bucket in COVERSERVICE_STORAGE_URL (s3://bucket/prefix) or the endpoint "
+                    "in AWS_ENDPOINT_URL_S3"
+                ) from None
+            if status == 403 or code in ("AccessDenied", "Forbidden", "InvalidAccessKeyId",
+                                         "SignatureDoesNotMatch"):
+                raise StorageError(
+                    f"access denied to bucket {self.bucket} at {endpoint} ({code or status}): check "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, and that they may HeadBucket, "
+                    "GetObject, PutObject and DeleteObject on it"
+                ) from None
+            with self._errors("reach", None):
+                raise
+        except BotoCoreError:
+            with self._errors("reach", None):
+                raise
 
     @contextmanager
     def _errors(self, action: str, key: str | None, *, missing_ok: bool = False) -> Iterator[None]:

@@ -358,12 +358,39 @@ def test_malformed_moderation_callbacks_are_a_400(h: Harness) -> None:
 
 def test_push_events_set_live_in_the_metadata(h: Harness) -> None:
     two_frames(h)
+    h.callback({"event_type": 0, "stream_id": "room"})
     assert h.http.get("/api/covers/room").json()["live"] is False
     assert h.callback({"event_type": 1, "stream_id": "room"}).json() == {"code": 0}
     assert h.http.get("/api/covers/room").json()["live"] is True
     h.callback({"event_type": 0, "stream_id": "room"})
     assert h.http.get("/api/covers/room").json()["live"] is False
     assert h.callback({"event_type": 1}).status_code == 400
+
+
+def test_screenshots_mean_live_until_a_push_stop_says_otherwise(h: Harness) -> None:
+    def live() -> bool:
+        return bool(h.http.get("/api/covers/room").json()["live"])
+
+    frame = encode(scene(1280, 720, seed=33))
+    # No push-start callback has come (lost, or the stream began before we were set up).
+    h.screenshot("room", "/room/1.jpg", frame, age=10)
+    assert live()
+    stopped_at = int(h.clock.now.timestamp())
+    h.callback({"event_type": 0, "stream_id": "room", "event_time": stopped_at})
+    assert not live()
+    # A screenshot taken before the stop, retried by CSS, arrives late: no proof of anything.
+    h.screenshot("room", "/room/2.jpg", frame, age=2)
+    assert not live()
+    # One taken after it: the push is back, whether or not a start callback ever comes.
+    h.clock.advance(30)
+    h.screenshot("room", "/room/3.jpg", frame, age=10)
+    assert live()
+    # The stop again, retried by CSS: it happened before that screenshot, so it stays live.
+    h.callback({"event_type": 0, "stream_id": "room", "event_time": stopped_at})
+    assert live()
+    # A stop that happened after the last screenshot does end it.
+    h.callback({"event_type": 0, "stream_id": "room", "event_time": stopped_at + 25})
+    assert not live()
 
 
 def test_the_last_frames_of_an_ending_stream_never_become_the_cover(h: Harness) -> None:

@@ -118,7 +118,7 @@ def test_readyz_reports_a_broken_dependency(
         storage.broken = True
         r = httpx.get(f"{server.base_url}/readyz")
         assert r.status_code == 503
-        assert r.json() == {"status": "unavailable", "database": "ok", "storage": "unavailable: StorageError"}
+        assert r.json() == {"status": "unavailable", "database": "ok", "storage": "unavailable: bucket gone"}
         assert httpx.get(f"{server.base_url}/healthz").status_code == 200
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import support.nginx as nginx_support
 from sqlalchemy.orm import Session, sessionmaker
 from support.cos_server import CosServer
 from support.images import blurred, encode, scene
 from support.nginx import Hit, Nginx
-from support.servers import ThreadedServer
+from support.servers import ThreadedServer, free_port
 
 from coverservice import db
 from coverservice.app import create_app
@@ -193,3 +194,11 @@ def test_immutable_urls_stay_cached(rig: Rig) -> None:
     later = rig.cdn.get(url)
     assert (later.headers["x-cache-status"], later.content) == ("HIT", first.content)
     assert len(rig.upstream_requests(url)) == 1
+
+
+def test_a_missing_nginx_fails_with_the_command_that_installs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nginx_support, "NGINX", str(tmp_path / "no-nginx"))
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install nginx"):
+        Nginx(free_port(), tmp_path / "cdn").__enter__()

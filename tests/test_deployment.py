@@ -14,11 +14,11 @@ import click
 import pytest
 import yaml
 
-from coverservice import cli, db
+from coverservice import cli
 from coverservice.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-# boto3 reads these itself (README, "Configuration"); nothing else is meant to be set.
+# boto3 reads these itself (docs/configuration.md); nothing else is meant to be set.
 AWS_VARIABLES = {"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"}
 _VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
@@ -106,16 +106,22 @@ def test_compose_and_dockerfile_commands_are_ones_the_cli_knows(compose: dict[st
     assert parses(yaml.safe_load(cmd.group(1))).params["port"] == 8000
 
 
-def test_the_image_holds_what_the_service_needs_at_start() -> None:
+def test_the_image_installs_the_wheel_with_its_migrations() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     copied: set[str] = set()
-    for line in re.findall(r"^COPY (.+)$", dockerfile, re.MULTILINE):
+    for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.MULTILINE):
         *sources, _ = shlex.split(line)
         copied.update(source.rstrip("/") for source in sources)
-    # Migrations are applied at start from beside the package, so the image must hold
-    # them where db.py looks: next to the package, installed in place (editable).
-    assert db.MIGRATIONS_DIR.relative_to(ROOT).as_posix() in copied
-    assert {"coverservice", "pyproject.toml", "alembic.ini"} <= copied
-    assert re.search(r"pip install -e \.", dockerfile)
+    # The build stage needs what the wheel is made of; the migrations travel inside it.
+    assert {"coverservice", "migrations", "pyproject.toml"} <= copied
+    assert re.search(r"pip wheel .*\.", dockerfile)
+    assert re.search(r"pip install /wheels/\*\.whl", dockerfile)
+    assert "pip install -e" not in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "migrations" not in ignored and "coverservice" not in ignored
+
+
+def test_the_embedded_default_s_data_is_not_committed() -> None:
+    # `coverservice serve` in a checkout writes its SQLite file and covers beside it.
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert "coverservice-data/" in ignored and "*.sqlite3" in ignored

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from support.cos_server import CosServer
 
 from coverservice.errors import FetchError
-from coverservice.fetch import Fetcher, check_url, host_allowed
+from coverservice.fetch import Fetcher, RefusalLog, check_url, host_allowed
 from coverservice.settings import Settings
 
 SHOT = bytes(range(256)) * 40  # 10 KiB; fetch does not look inside
@@ -515,3 +515,40 @@ def test_tls_checks_the_host_name_while_connecting_to_the_address(
             error = fetch_error(fetcher, url)
             assert "certificate verify failed" in str(error)
             assert cos.total_requests == 0
+
+
+# --- refusals the operator can lift -------------------------------------------------------
+
+
+def test_refusals_are_logged_once_per_host_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    refusals = RefusalLog(("*.myqcloud.com",), interval=60, max_hosts=2, clock=lambda: now[0])
+
+    def refuse(url: str) -> None:
+        with pytest.raises(FetchError) as caught:
+            check_url(url, ("*.myqcloud.com",))
+        refusals.warn(caught.value)
+
+    with caplog.at_level("WARNING", logger="coverservice.fetch"):
+        refuse("https://cdn.example.com/a.jpg")
+        refuse("https://cdn.example.com/b.jpg")
+        refuse("https://user@cdn.example.com/c.jpg")  # the URL's fault, not the configuration's
+        assert len(caplog.records) == 1
+        message = caplog.records[0].getMessage()
+        assert "cdn.example.com" in message and "COVERSERVICE_FETCH_ALLOWED_HOSTS (now *.myqcloud.com)" in message
+        refuse("https://two.example.com/a.jpg")
+        refuse("https://three.example.com/a.jpg")  # over max_hosts in this interval: dropped
+        assert len(caplog.records) == 2
+        now[0] = 61
+        refuse("https://cdn.example.com/d.jpg")
+        refuse("https://three.example.com/a.jpg")
+        assert len(caplog.records) == 4
+
+
+def test_a_private_address_refusal_names_its_setting(caplog: pytest.LogCaptureFixture) -> None:
+    fetcher = Fetcher(allowed_hosts=("internal.test",), max_bytes=1000, timeout=2, connect_timeout=1,
+                      resolver=lambda host, port: ["10.0.0.7"])
+    with fetcher, caplog.at_level("WARNING"), pytest.raises(FetchError):
+        fetcher.fetch("http://internal.test/a.jpg")
+    (record,) = [r for r in caplog.records if r.name == "coverservice.fetch"]
+    assert "internal.test" in record.getMessage() and "COVERSERVICE_FETCH_ALLOW_PRIVATE=true" in record.getMessage()

@@ -103,6 +103,7 @@ def test_callbacks_frames_latencies_and_queue(
         assert post(screenshot(cos, "r", "/r/far.jpg", pic_full_url="http://files.example.com/far.jpg")) == 200
         assert post({**screenshot(cos, "r", "/r/x.jpg"), "sign": "0" * 32}) == 403
         assert post(signed({"event_type": 200, "stream_id": "r"})) == 400
+        assert post(b"not json") == 400
         assert post(b'{"event_type": 200, "pad": "' + b"x" * 5000 + b'"}') == 413
         assert post(signed({"event_type": 100, "stream_id": "r"})) == 200
         assert post(signed({"event_type": 1, "stream_id": "r"})) == 200
@@ -115,7 +116,10 @@ def test_callbacks_frames_latencies_and_queue(
             ("screenshot", "accepted"): 2,
             ("screenshot", "duplicate"): 1,
             ("screenshot", "host_not_allowed"): 1,
-            ("unknown", "signature_rejected"): 1,
+            # Refused after the event type was read: counted under it.
+            ("screenshot", "signature_rejected"): 1,
+            ("screenshot", "invalid"): 1,
+            # Refused before: no type to count it under.
             ("unknown", "invalid"): 1,
             ("unknown", "too_large"): 1,
             ("other", "ignored"): 1,

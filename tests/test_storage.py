@@ -376,3 +376,26 @@ def test_storage_from_s3_url_without_prefix(s3_storage: S3Storage) -> None:
 def test_storage_from_url_refuses(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         storage_from_url(url)
+
+
+class _DeniedClient:
+    """An S3 client whose credentials are valid but may not touch the bucket."""
+
+    def head_bucket(self, *, Bucket: str) -> Any:
+        from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+
+        raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"},
+                           "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadBucket")
+
+
+def test_s3_check_names_access_denied_and_the_permissions_needed() -> None:
+    storage = S3Storage("covers-1250000000", "live", client=_DeniedClient())  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="access denied to bucket covers-1250000000") as caught:
+        storage.check()
+    assert "AWS_ACCESS_KEY_ID" in str(caught.value) and "PutObject" in str(caught.value)
+
+
+def test_s3_check_names_a_missing_bucket(s3_storage: S3Storage) -> None:
+    missing = S3Storage("no-such-bucket-7c1", "covers", client=s3_storage.client)
+    with pytest.raises(StorageError, match="bucket no-such-bucket-7c1 does not exist at http://127.0.0.1:"):
+        missing.check()

@@ -8,6 +8,7 @@ response are in headers and in the access log, which is what the tests read.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 import httpx
+import pytest
 
 from .servers import free_port
 
@@ -87,6 +89,8 @@ class Nginx:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
+        if not os.access(NGINX, os.X_OK):
+            pytest.fail(f"no nginx at {NGINX}: apt-get install nginx (scripts/test installs it)")
         # -e: the error log from the first moment, before the config is read (else nginx
         # would open the distribution's /var/log/nginx/error.log); -p: no default prefix.
         args = [NGINX, "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(self.config)]

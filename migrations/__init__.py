@@ -1,0 +1,1 @@
+"""Alembic scripts, shipped inside the wheel as ``coverservice.migrations``."""
