@@ -209,3 +209,87 @@ def test_a_claim_reads_about_its_limit_however_long_the_backlog(postgres_url: st
     root = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
     touched = [(n["Node Type"], n["Actual Rows"]) for n in nodes(root) if n.get("Relation Name") == "frames"]
     assert touched and all(rows <= 2 * limit for _, rows in touched), touched
+
+
+# --- reselection due times ------------------------------------------------------------------------
+
+
+def streams_due(sessions: sessionmaker[Session], *due: datetime | None) -> list[str]:
+    ids = []
+    with transaction(sessions) as s:
+        for i, at in enumerate(due):
+            s.add(Stream(id=f"s{i}", created_at=NOW, reselect_at=at))
+            ids.append(f"s{i}")
+    return ids
+
+
+def test_reselections_are_claimed_when_due_in_due_order_and_leased(sessions: sessionmaker[Session]) -> None:
+    streams_due(sessions, NOW + timedelta(seconds=5), NOW - timedelta(seconds=1), None, NOW - timedelta(seconds=9))
+    with transaction(sessions) as s:
+        # The most overdue first; not yet due, or never, not at all.
+        assert queries.claim_reselections(s, now=NOW, lease=LEASE, limit=1) == [("s3", NOW + LEASE)]
+        assert queries.claim_reselections(s, now=NOW, lease=LEASE, limit=10) == [("s1", NOW + LEASE)]
+    with transaction(sessions) as s:
+        # Leased: not due again until the lease runs out (a worker that dies leaves it due).
+        assert queries.claim_reselections(s, now=NOW + timedelta(seconds=6), lease=LEASE, limit=10) == [
+            ("s0", NOW + timedelta(seconds=6) + LEASE)
+        ]
+        again = queries.claim_reselections(s, now=NOW + LEASE, lease=LEASE, limit=10)
+        assert sorted(c[0] for c in again) == ["s1", "s3"]
+
+
+def test_a_due_time_only_moves_earlier_except_for_its_claimer(sessions: sessionmaker[Session]) -> None:
+    streams_due(sessions, NOW + timedelta(seconds=30))
+
+    def due() -> datetime | None:
+        with sessions() as s:
+            return s.get_one(Stream, "s0").reselect_at
+
+    with transaction(sessions) as s:
+        queries.schedule_reselection(s, "s0", at=NOW + timedelta(seconds=60))
+    assert due() == NOW + timedelta(seconds=30)  # a later time cannot cancel an earlier one
+    with transaction(sessions) as s:
+        queries.schedule_reselection(s, "s0", at=NOW + timedelta(seconds=10))
+    assert due() == NOW + timedelta(seconds=10)
+    with transaction(sessions) as s:
+        [(_, lease)] = queries.claim_reselections(s, now=NOW + timedelta(seconds=10), lease=LEASE, limit=1)
+    with transaction(sessions) as s:
+        seen = queries.selection_inputs(s, "s0", since=NOW - timedelta(minutes=10))
+    # The claimer's decision replaces its lease, later or none...
+    with transaction(sessions) as s:
+        queries.schedule_reselection(s, "s0", at=None, claimed=lease, seen=seen)
+    assert due() is None
+    # ...unless the stream moved on under it: here a frame was scored that it had not seen,
+    # so its lease stays as the due time and the next look sees that frame.
+    with transaction(sessions) as s:
+        s.get_one(Stream, "s0").reselect_at = NOW
+    with transaction(sessions) as s:
+        [(_, lease)] = queries.claim_reselections(s, now=NOW, lease=LEASE, limit=1)
+        seen = queries.selection_inputs(s, "s0", since=NOW - timedelta(minutes=10))
+    record(sessions, event(stream="s0"))
+    with transaction(sessions) as s:
+        s.execute(text("UPDATE frames SET status = 'scored', score = 0.5"))
+    with transaction(sessions) as s:
+        queries.schedule_reselection(s, "s0", at=None, claimed=lease, seen=seen)
+    assert due() == lease
+
+
+def test_concurrent_reselection_claims_skip_locked_streams(postgres_url: str) -> None:
+    from coverservice.db import make_engine
+
+    engine = make_engine(postgres_url, pool_size=2)
+    sessions = make_session_factory(engine)
+    try:
+        streams_due(sessions, *(NOW - timedelta(seconds=n) for n in range(4)))
+        with sessions() as a, sessions() as b:
+            a.begin()
+            b.begin()
+            b.execute(text("SET LOCAL statement_timeout = '2s'"))
+            first = queries.claim_reselections(a, now=NOW, lease=LEASE, limit=2)
+            second = queries.claim_reselections(b, now=NOW, lease=LEASE, limit=4)
+            assert len(first) == 2 and len(second) == 2
+            assert not {c[0] for c in first} & {c[0] for c in second}
+            a.commit()
+            b.commit()
+    finally:
+        engine.dispose()
