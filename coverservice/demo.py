@@ -49,7 +49,7 @@ Progress = Callable[[str], None]
 
 # CSS signs with t = now + 10 minutes by default.
 SIGNATURE_VALIDITY = 600
-# Frame states a worker has finished with (see the README's "Frame states").
+# Frame states a worker has finished with (docs/architecture.md, "Frame states").
 FINAL = frozenset({"scored", "rejected", "failed"})
 CLEAN = "clean"
 # How the demo spoils a frame. Strong enough that a person would never pick them; the
