@@ -28,10 +28,10 @@ Rules, in the order ``decide`` applies them:
   the stream is reconsidered then with no new frame needed.
 - **Provisional first covers**: a cover installed within ``provisional`` (60 s) of the
   stream's start (its latest push start or stop, as CSS dates it; without push events,
-  when the service first heard of the stream) is replaced by a
-  clearly better frame without waiting for the interval. A stream's first screenshots
-  are often its worst (a loading screen, a camera still finding its exposure), and the
-  interval must not protect them. Hysteresis still applies, so even then every change is
+  when the service first heard of the stream) is replaced by a clearly better frame
+  without waiting for the interval. A stream's first screenshots are often its worst (a
+  loading screen, a camera still finding its exposure), and the interval must not
+  protect them. Hysteresis still applies, so even then every change is
   a gain of more than the margin: no flapping.
 - With no candidates the current cover stays: a stream's last good frame is a better
   cover than none.
